@@ -1,0 +1,12 @@
+//! TODO: owned by the module's implementer.
+
+use anyhow::{bail, Result};
+use xshell::Shell;
+
+use crate::flags;
+
+impl flags::Deploy {
+    pub(crate) fn run(self, _sh: &Shell, _global: &flags::Global) -> Result<()> {
+        bail!("`Deploy` is not implemented yet")
+    }
+}

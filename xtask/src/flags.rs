@@ -1,0 +1,219 @@
+//! The command line: every command and flag, documented where it is declared.
+//!
+//! The `///` text on each item is what `--help` prints. Each command's behaviour lives in the
+//! module of the same name, as `impl flags::Command { fn run(...) }`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::domain::Color;
+
+/// Build, deploy, switch and roll back the model service behind nginx, without dropping a request.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", version, about, long_about = None)]
+pub struct Xtask {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every deployment command understands.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Where the colors and nginx run: containers through a Docker engine, or local processes.
+    /// `auto` picks compose when a Docker engine answers, local otherwise.
+    #[arg(long, global = true, value_enum, default_value_t = RuntimeKind::Auto, env = "MLDEPLOY_RUNTIME")]
+    pub runtime: RuntimeKind,
+    /// The deploy configuration (ports, versions, buckets, images).
+    #[arg(long, global = true, default_value = "deploy.toml", env = "MLDEPLOY_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    Auto,
+    Compose,
+    Local,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model version reproducibly into `models/<version>/`.
+    Train(Train),
+    /// Train model v1.1.0 (the second preset), as `train --version v1.1.0`.
+    #[command(name = "train-v1.1")]
+    TrainV1_1(TrainV1_1),
+    /// Build the static service binary and the container image.
+    Build(Build),
+    /// Install and start what the chosen runtime needs (nginx, a Docker engine, load tools).
+    Setup(Setup),
+    /// Start nginx and both colors, wait until every part is healthy.
+    Up(Up),
+    /// Stop everything this tool started.
+    Down(Down),
+    /// Show the live deploy state: active color, split, versions and health, recent operations.
+    Status(Status),
+    /// Move all traffic to the other (or the named) color, after gating it.
+    Switch(Switch),
+    /// Return to the state before the last operation.
+    Rollback(Rollback),
+    /// Send a percentage of traffic to the standby color (0 cancels, 100 completes).
+    Canary(Canary),
+    /// Put a model version on the standby color, gate it, then switch to it.
+    Deploy(Deploy),
+    /// Check the deployment through the balancer: health, predictions, versions, bad input.
+    Smoke(Smoke),
+    /// Print the operation log.
+    History(History),
+    /// Measure the service or the switch under load and print the numbers.
+    Bench(Bench),
+    /// Run every check CI runs: formatting, lints, tests, workflow and Dockerfile linters.
+    Ci(Ci),
+}
+
+#[derive(Debug, Args)]
+pub struct Train {
+    /// The model version to train (a preset: v1.0.0 or v1.1.0).
+    #[arg(long, default_value = "v1.0.0")]
+    pub version: String,
+    /// Overwrite an existing `models/<version>/`.
+    #[arg(long)]
+    pub force: bool,
+    /// Refuse to write a model whose test accuracy is below this.
+    #[arg(long, default_value_t = 0.9)]
+    pub min_accuracy: f64,
+    /// Write into this folder instead of `models/`.
+    #[arg(long, default_value = "models")]
+    pub out_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainV1_1 {
+    /// Overwrite an existing `models/v1.1.0/`.
+    #[arg(long)]
+    pub force: bool,
+    /// Refuse to write a model whose test accuracy is below this.
+    #[arg(long, default_value_t = 0.9)]
+    pub min_accuracy: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct Build {
+    /// Build only the service binary, not the container image.
+    #[arg(long)]
+    pub no_image: bool,
+    /// Build the nginx image from Debian's packages instead of using the official one.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Setup {
+    /// Only report what is missing; install nothing.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Up {
+    /// The model version blue serves.
+    #[arg(long)]
+    pub blue: Option<String>,
+    /// The model version green serves.
+    #[arg(long)]
+    pub green: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct Down {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub struct Status {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Shorthand for `--format json`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Switch {
+    /// The color to move traffic to; the standby color when absent.
+    #[arg(long, value_enum)]
+    pub to: Option<Color>,
+}
+
+#[derive(Debug, Args)]
+pub struct Rollback {}
+
+#[derive(Debug, Args)]
+pub struct Canary {
+    /// Percentage of requests the standby color takes (0 cancels, 100 completes).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub percent: u8,
+}
+
+#[derive(Debug, Args)]
+pub struct Deploy {
+    /// The model version to put on the standby color (a folder under `models/`).
+    #[arg(long)]
+    pub version: String,
+    /// Put the version on the standby color and gate it, but do not switch.
+    #[arg(long)]
+    pub no_switch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Smoke {
+    /// The balancer's base URL; the deploy configuration's when absent.
+    #[arg(long)]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct History {
+    /// Show only the last N operations.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Print the raw JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchTarget {
+    /// The model service alone, on loopback.
+    Service,
+    /// Switches under load through nginx, against the reload-based methods.
+    Switch,
+}
+
+#[derive(Debug, Args)]
+pub struct Bench {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub target: BenchTarget,
+    /// Seconds of load per measurement.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct Ci {
+    /// Skip the Docker end-to-end tests (they are required unless this is given).
+    #[arg(long)]
+    pub no_docker: bool,
+}
