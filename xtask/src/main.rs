@@ -5,6 +5,7 @@
 //! and `docs/DEPLOYMENT.md` for the everyday flow.
 
 mod domain;
+mod engine;
 mod flags;
 mod runtime;
 mod util;
