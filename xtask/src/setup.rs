@@ -87,7 +87,8 @@ pub fn ensure_commands(sh: &Shell, needs: &[Need]) -> Result<()> {
     let _frontend = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
     // A stale package index makes installs fail with 404s; refresh it once first.
     cmd!(sh, "apt-get update -q").quiet().ignore_stdout().run().context("refresh the package index (apt-get update)")?;
-    cmd!(sh, "apt-get install -y -q --no-install-recommends {packages.clone()...}")
+    let install = &packages;
+    cmd!(sh, "apt-get install -y -q --no-install-recommends {install...}")
         .quiet()
         .ignore_stdout()
         .run()
