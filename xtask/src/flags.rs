@@ -114,6 +114,10 @@ pub struct Setup {
     /// Only report what is missing; install nothing.
     #[arg(long)]
     pub check: bool,
+    /// Point the next CI steps at the deploy host named by the `DEPLOY_SSH_*` environment
+    /// variables (exports `DOCKER_HOST`), or at this machine when none is configured.
+    #[arg(long)]
+    pub deploy_target: bool,
 }
 
 #[derive(Debug, Args)]
