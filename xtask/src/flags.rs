@@ -69,6 +69,8 @@ pub enum Command {
     History(History),
     /// Measure the service or the switch under load and print the numbers.
     Bench(Bench),
+    /// Push the built service image to a registry, tagged with the git revision and model versions.
+    Publish(Publish),
     /// Run every check CI runs: formatting, lints, tests, workflow and Dockerfile linters.
     Ci(Ci),
 }
@@ -213,6 +215,13 @@ pub struct Bench {
     /// Concurrent keep-alive connections.
     #[arg(long, default_value_t = 64)]
     pub connections: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct Publish {
+    /// The repository to push to, e.g. `ghcr.io/OWNER/REPO` (lowercased; no tag).
+    #[arg(long, env = "MLDEPLOY_REGISTRY")]
+    pub registry: String,
 }
 
 #[derive(Debug, Args)]

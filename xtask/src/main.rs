@@ -6,6 +6,7 @@
 
 mod domain;
 mod engine;
+mod images;
 mod flags;
 mod runtime;
 mod util;
@@ -14,6 +15,7 @@ mod bench;
 mod build;
 mod ci;
 mod deploy;
+mod publish;
 mod setup;
 mod smoke;
 mod status;
@@ -55,6 +57,7 @@ fn try_main() -> anyhow::Result<()> {
         flags::Command::Smoke(cmd) => cmd.run(&sh, &global),
         flags::Command::History(cmd) => cmd.run(&sh, &global),
         flags::Command::Bench(cmd) => cmd.run(&sh, &global),
+        flags::Command::Publish(cmd) => cmd.run(&sh, &global),
         flags::Command::Ci(cmd) => cmd.run(&sh),
     }
 }

@@ -20,11 +20,26 @@ pub struct Need {
     pub package: &'static str,
 }
 
-pub const NGINX: Need = Need { command: "nginx", package: "nginx-light" };
-pub const WRK: Need = Need { command: "wrk", package: "wrk" };
-pub const DOCKER: Need = Need { command: "dockerd", package: "docker.io" };
-pub const DOCKER_COMPOSE: Need = Need { command: "docker-compose", package: "docker-compose" };
-pub const DEBOOTSTRAP: Need = Need { command: "debootstrap", package: "debootstrap" };
+pub const NGINX: Need = Need {
+    command: "nginx",
+    package: "nginx-light",
+};
+pub const WRK: Need = Need {
+    command: "wrk",
+    package: "wrk",
+};
+pub const DOCKER: Need = Need {
+    command: "dockerd",
+    package: "docker.io",
+};
+pub const DOCKER_COMPOSE: Need = Need {
+    command: "docker-compose",
+    package: "docker-compose",
+};
+pub const DEBOOTSTRAP: Need = Need {
+    command: "debootstrap",
+    package: "debootstrap",
+};
 
 impl flags::Setup {
     pub(crate) fn run(self, sh: &Shell, _global: &flags::Global) -> Result<()> {
@@ -39,9 +54,15 @@ impl flags::Setup {
                 return Ok(());
             }
             for need in &missing {
-                println!("missing: `{}` (Debian package `{}`)", need.command, need.package);
+                println!(
+                    "missing: `{}` (Debian package `{}`)",
+                    need.command, need.package
+                );
             }
-            bail!("{} command(s) missing: run `cargo xtask setup` to install them", missing.len());
+            bail!(
+                "{} command(s) missing: run `cargo xtask setup` to install them",
+                missing.len()
+            );
         }
         ensure_commands(sh, &needs)?;
         crate::engine::ensure_engine(sh)?;
@@ -65,7 +86,11 @@ pub fn find_command(command: &str) -> Option<std::path::PathBuf> {
 }
 
 fn missing(needs: &[Need]) -> Vec<Need> {
-    needs.iter().copied().filter(|need| !has_command(need.command)).collect()
+    needs
+        .iter()
+        .copied()
+        .filter(|need| !has_command(need.command))
+        .collect()
 }
 
 /// Installs whatever of `needs` is missing, from Debian's packages. Fails with the exact command
@@ -77,7 +102,11 @@ pub fn ensure_commands(sh: &Shell, needs: &[Need]) -> Result<()> {
     }
     let packages: Vec<&str> = missing.iter().map(|need| need.package).collect();
     let commands: Vec<&str> = missing.iter().map(|need| need.command).collect();
-    let is_root = cmd!(sh, "id -u").quiet().read().map(|uid| uid.trim() == "0").unwrap_or(false);
+    let is_root = cmd!(sh, "id -u")
+        .quiet()
+        .read()
+        .map(|uid| uid.trim() == "0")
+        .unwrap_or(false);
     if !is_root || !has_command("apt-get") {
         bail!(
             "missing {}: install {} (on Debian or Ubuntu: `sudo apt-get install -y {}`), then run this again",
@@ -86,26 +115,44 @@ pub fn ensure_commands(sh: &Shell, needs: &[Need]) -> Result<()> {
             packages.join(" ")
         );
     }
-    println!("installing {} (for {})…", packages.join(", "), commands.join(", "));
+    println!(
+        "installing {} (for {})…",
+        packages.join(", "),
+        commands.join(", ")
+    );
     let _frontend = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
     // A stale package index makes installs fail with 404s; refresh it once first.
-    cmd!(sh, "apt-get update -q").quiet().ignore_stdout().run().context("refresh the package index (apt-get update)")?;
-    let install = &packages;
-    cmd!(sh, "apt-get install -y -q --no-install-recommends {install...}")
+    cmd!(sh, "apt-get update -q")
         .quiet()
         .ignore_stdout()
         .run()
-        .with_context(|| format!("install {}", packages.join(" ")))?;
+        .context("refresh the package index (apt-get update)")?;
+    let install = &packages;
+    cmd!(
+        sh,
+        "apt-get install -y -q --no-install-recommends {install...}"
+    )
+    .quiet()
+    .ignore_stdout()
+    .run()
+    .with_context(|| format!("install {}", packages.join(" ")))?;
     let still = missing_after(needs);
     if !still.is_empty() {
-        bail!("installed {} but `{}` is still not found", packages.join(" "), still.join("`, `"));
+        bail!(
+            "installed {} but `{}` is still not found",
+            packages.join(" "),
+            still.join("`, `")
+        );
     }
     println!("installed {}", packages.join(", "));
     Ok(())
 }
 
 fn missing_after(needs: &[Need]) -> Vec<&'static str> {
-    missing(needs).into_iter().map(|need| need.command).collect()
+    missing(needs)
+        .into_iter()
+        .map(|need| need.command)
+        .collect()
 }
 
 /// The remote deploy host, read from the environment (CI secrets).
@@ -118,8 +165,14 @@ struct DeployTarget {
 impl DeployTarget {
     /// `None` when no host is configured; an error when the configuration is half there.
     fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<DeployTarget>> {
-        let value = |name: &str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-        let Some(host) = value("DEPLOY_SSH_HOST") else { return Ok(None) };
+        let value = |name: &str| {
+            get(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let Some(host) = value("DEPLOY_SSH_HOST") else {
+            return Ok(None);
+        };
         let Some(user) = value("DEPLOY_SSH_USER") else {
             bail!("DEPLOY_SSH_HOST is set but DEPLOY_SSH_USER is empty: set the user the deploy connects as")
         };
@@ -147,7 +200,9 @@ impl DeployTarget {
 fn deploy_target(sh: &Shell) -> Result<()> {
     let target = DeployTarget::from_env(|name| std::env::var(name).ok())?;
     let Some(target) = target else {
-        println!("no deploy target configured (DEPLOY_SSH_HOST is empty): deploying on this machine");
+        println!(
+            "no deploy target configured (DEPLOY_SSH_HOST is empty): deploying on this machine"
+        );
         return crate::engine::ensure_engine(sh);
     };
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
@@ -165,10 +220,19 @@ fn deploy_target(sh: &Shell) -> Result<()> {
             .with_context(|| format!("open ~/.ssh/{name}"))?;
         let mut contents = contents.trim().to_owned();
         contents.push('\n');
-        file.write_all(contents.as_bytes()).with_context(|| format!("write ~/.ssh/{name}"))
+        file.write_all(contents.as_bytes())
+            .with_context(|| format!("write ~/.ssh/{name}"))
     };
-    write_private("mldeploy_key", &std::env::var("DEPLOY_SSH_KEY").unwrap_or_default(), false)?;
-    write_private("known_hosts", &std::env::var("DEPLOY_SSH_KNOWN_HOSTS").unwrap_or_default(), true)?;
+    write_private(
+        "mldeploy_key",
+        &std::env::var("DEPLOY_SSH_KEY").unwrap_or_default(),
+        false,
+    )?;
+    write_private(
+        "known_hosts",
+        &std::env::var("DEPLOY_SSH_KNOWN_HOSTS").unwrap_or_default(),
+        true,
+    )?;
     let host_block = format!(
         "Host {host}\n  User {user}\n  IdentityFile ~/.ssh/mldeploy_key\n  IdentitiesOnly yes\n  StrictHostKeyChecking yes\n",
         host = target.host,
@@ -185,7 +249,9 @@ fn deploy_target(sh: &Shell) -> Result<()> {
             writeln!(file, "DOCKER_HOST={docker_host}").context("write $GITHUB_ENV")?;
             println!("deploy target: {docker_host} (exported as DOCKER_HOST for the next steps)");
         }
-        _ => println!("deploy target: run `export DOCKER_HOST={docker_host}` before the next commands"),
+        _ => println!(
+            "deploy target: run `export DOCKER_HOST={docker_host}` before the next commands"
+        ),
     }
     let _host = sh.push_env("DOCKER_HOST", &docker_host);
     let format = "{{.ServerVersion}}";
@@ -203,13 +269,21 @@ mod tests {
     use super::*;
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| pairs.iter().find(|(key, _)| *key == name).map(|(_, value)| (*value).to_owned())
+        move |name| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        }
     }
 
     #[test]
     fn no_host_means_no_deploy_target() {
         assert_eq!(DeployTarget::from_env(env(&[])).unwrap(), None);
-        assert_eq!(DeployTarget::from_env(env(&[("DEPLOY_SSH_HOST", "  ")])).unwrap(), None);
+        assert_eq!(
+            DeployTarget::from_env(env(&[("DEPLOY_SSH_HOST", "  ")])).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -218,7 +292,10 @@ mod tests {
             ("DEPLOY_SSH_HOST", "deploy.example.org"),
             ("DEPLOY_SSH_USER", "ops"),
             ("DEPLOY_SSH_KEY", "KEY"),
-            ("DEPLOY_SSH_KNOWN_HOSTS", "deploy.example.org ssh-ed25519 AAAA"),
+            (
+                "DEPLOY_SSH_KNOWN_HOSTS",
+                "deploy.example.org ssh-ed25519 AAAA",
+            ),
         ]))
         .unwrap()
         .unwrap();
@@ -227,7 +304,9 @@ mod tests {
 
     #[test]
     fn a_half_configured_target_says_what_is_missing() {
-        let err = DeployTarget::from_env(env(&[("DEPLOY_SSH_HOST", "h"), ("DEPLOY_SSH_USER", "u")])).unwrap_err();
+        let err =
+            DeployTarget::from_env(env(&[("DEPLOY_SSH_HOST", "h"), ("DEPLOY_SSH_USER", "u")]))
+                .unwrap_err();
         assert!(err.to_string().contains("DEPLOY_SSH_KEY"), "{err}");
         let err = DeployTarget::from_env(env(&[
             ("DEPLOY_SSH_HOST", "h"),
