@@ -4,8 +4,11 @@
 //! here, so the same steps run on a laptop and in GitHub Actions. See `flags.rs` for the commands
 //! and `docs/DEPLOYMENT.md` for the everyday flow.
 
+mod config;
 mod domain;
 mod engine;
+mod gate;
+mod nginx;
 mod images;
 mod flags;
 mod runtime;

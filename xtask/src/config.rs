@@ -1,0 +1,346 @@
+//! The deploy configuration (`deploy.toml`): ports, versions, buckets, images, timeouts.
+//!
+//! Steps:
+//! 1. read the file (`--config`, default `deploy.toml` at the project root);
+//! 2. parse it with `toml_edit` ([`parse`] is pure, so the rules are unit-tested);
+//! 3. check every value, naming the key (`balancer.port`) in any error.
+//!
+//! Every table and key is optional; absent ones take the defaults in [`defaults`], which match
+//! the committed `deploy.toml`.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use toml_edit::{DocumentMut, Item};
+
+use crate::domain::Color;
+
+/// Named defaults, the same values the committed `deploy.toml` spells out.
+pub mod defaults {
+    pub const BALANCER_PORT: u16 = 8080;
+    pub const BUCKETS: u16 = 100;
+    pub const BLUE_VERSION: &str = "v1.0.0";
+    pub const BLUE_PORT: u16 = 8081;
+    pub const GREEN_VERSION: &str = "v1.1.0";
+    pub const GREEN_PORT: u16 = 8082;
+    pub const LOCAL_STATE_DIR: &str = ".deploy/local";
+    pub const COMPOSE_PROJECT: &str = "mldeploy";
+    pub const COMPOSE_IMAGE: &str = "ml-service";
+    pub const COMPOSE_NGINX_IMAGE: &str = "nginx:1.27";
+    pub const COMPOSE_SUBNET: &str = "172.30.77.0/24";
+    pub const HEALTHY_SECS: u64 = 30;
+    pub const LOCK_SECS: u64 = 30;
+    /// The most buckets `split_clients` can express: shares are hundredths of a percent.
+    pub const MAX_BUCKETS: u16 = 10_000;
+}
+
+/// The whole deploy configuration, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployConfig {
+    pub balancer: Balancer,
+    pub blue: ColorConfig,
+    pub green: ColorConfig,
+    pub local: Local,
+    pub compose: Compose,
+    pub timeouts: Timeouts,
+}
+
+/// `[balancer]`: nginx.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balancer {
+    /// The public port (bound to 127.0.0.1 by the local runtime).
+    pub port: u16,
+    /// Route buckets: the split moves in steps of `100 / buckets` percent.
+    pub buckets: u16,
+}
+
+/// `[blue]` / `[green]`: one color's default model version and direct port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColorConfig {
+    /// The model version `up` starts this color with (a folder under `models/`).
+    pub version: String,
+    /// The color's direct port on 127.0.0.1 (not through the balancer).
+    pub port: u16,
+}
+
+/// `[local]`: the local runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    /// Relative paths are relative to the project root.
+    pub state_dir: PathBuf,
+}
+
+/// `[compose]`: the docker compose runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compose {
+    pub project: String,
+    pub image: String,
+    pub nginx_image: String,
+    pub subnet: String,
+}
+
+/// `[timeouts]`, in seconds in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    pub healthy: Duration,
+    pub lock: Duration,
+}
+
+impl DeployConfig {
+    pub fn color(&self, color: Color) -> &ColorConfig {
+        match color {
+            Color::Blue => &self.blue,
+            Color::Green => &self.green,
+        }
+    }
+
+    /// The local runtime's state directory, absolute (relative paths hang off `root`).
+    pub fn local_state_dir(&self, root: &Path) -> PathBuf {
+        if self.local.state_dir.is_absolute() {
+            self.local.state_dir.clone()
+        } else {
+            root.join(&self.local.state_dir)
+        }
+    }
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        use defaults::*;
+        DeployConfig {
+            balancer: Balancer {
+                port: BALANCER_PORT,
+                buckets: BUCKETS,
+            },
+            blue: ColorConfig {
+                version: BLUE_VERSION.into(),
+                port: BLUE_PORT,
+            },
+            green: ColorConfig {
+                version: GREEN_VERSION.into(),
+                port: GREEN_PORT,
+            },
+            local: Local {
+                state_dir: LOCAL_STATE_DIR.into(),
+            },
+            compose: Compose {
+                project: COMPOSE_PROJECT.into(),
+                image: COMPOSE_IMAGE.into(),
+                nginx_image: COMPOSE_NGINX_IMAGE.into(),
+                subnet: COMPOSE_SUBNET.into(),
+            },
+            timeouts: Timeouts {
+                healthy: Duration::from_secs(HEALTHY_SECS),
+                lock: Duration::from_secs(LOCK_SECS),
+            },
+        }
+    }
+}
+
+/// Reads and checks the deploy configuration at `path`.
+pub fn load(path: &Path) -> Result<DeployConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "read the deploy configuration {} (pass another with `--config <file>`)",
+            path.display()
+        )
+    })?;
+    parse(&text).with_context(|| format!("deploy configuration {}", path.display()))
+}
+
+/// Parses and checks a deploy configuration's text.
+pub fn parse(text: &str) -> Result<DeployConfig> {
+    let doc: DocumentMut = text.parse().context("parse TOML")?;
+    let d = DeployConfig::default();
+    let config = DeployConfig {
+        balancer: Balancer {
+            port: port(&doc, "balancer", "port", d.balancer.port)?,
+            buckets: int(
+                &doc,
+                "balancer",
+                "buckets",
+                d.balancer.buckets.into(),
+                1,
+                defaults::MAX_BUCKETS.into(),
+            )? as u16,
+        },
+        blue: ColorConfig {
+            version: version(&doc, "blue", &d.blue.version)?,
+            port: port(&doc, "blue", "port", d.blue.port)?,
+        },
+        green: ColorConfig {
+            version: version(&doc, "green", &d.green.version)?,
+            port: port(&doc, "green", "port", d.green.port)?,
+        },
+        local: Local {
+            state_dir: string(
+                &doc,
+                "local",
+                "state_dir",
+                &d.local.state_dir.to_string_lossy(),
+            )?
+            .into(),
+        },
+        compose: Compose {
+            project: string(&doc, "compose", "project", &d.compose.project)?,
+            image: string(&doc, "compose", "image", &d.compose.image)?,
+            nginx_image: string(&doc, "compose", "nginx_image", &d.compose.nginx_image)?,
+            subnet: string(&doc, "compose", "subnet", &d.compose.subnet)?,
+        },
+        timeouts: Timeouts {
+            healthy: Duration::from_secs(int(
+                &doc,
+                "timeouts",
+                "healthy_secs",
+                d.timeouts.healthy.as_secs(),
+                1,
+                3600,
+            )?),
+            lock: Duration::from_secs(int(
+                &doc,
+                "timeouts",
+                "lock_secs",
+                d.timeouts.lock.as_secs(),
+                0,
+                3600,
+            )?),
+        },
+    };
+    let ports = [
+        ("balancer.port", config.balancer.port),
+        ("blue.port", config.blue.port),
+        ("green.port", config.green.port),
+    ];
+    for (i, (a, pa)) in ports.iter().enumerate() {
+        for (b, pb) in &ports[i + 1..] {
+            if pa == pb {
+                bail!("`{a}` and `{b}` are both {pa}: give each part its own port");
+            }
+        }
+    }
+    Ok(config)
+}
+
+fn item<'a>(doc: &'a DocumentMut, table: &str, key: &str) -> Result<Option<&'a Item>> {
+    let Some(t) = doc.get(table) else {
+        return Ok(None);
+    };
+    if !t.is_table_like() {
+        bail!("`{table}` must be a table (`[{table}]`)");
+    }
+    Ok(t.get(key).filter(|item| !item.is_none()))
+}
+
+fn int(doc: &DocumentMut, table: &str, key: &str, default: u64, min: u64, max: u64) -> Result<u64> {
+    let Some(item) = item(doc, table, key)? else {
+        return Ok(default);
+    };
+    let Some(value) = item.as_integer() else {
+        bail!(
+            "`{table}.{key}` must be an integer, found `{}`",
+            item.to_string().trim()
+        );
+    };
+    if value < min as i64 || value > max as i64 {
+        bail!("`{table}.{key}` = {value} is out of range: use {min}..={max}");
+    }
+    Ok(value as u64)
+}
+
+fn port(doc: &DocumentMut, table: &str, key: &str, default: u16) -> Result<u16> {
+    Ok(int(doc, table, key, default.into(), 1, u16::MAX.into())? as u16)
+}
+
+fn string(doc: &DocumentMut, table: &str, key: &str, default: &str) -> Result<String> {
+    let Some(item) = item(doc, table, key)? else {
+        return Ok(default.to_owned());
+    };
+    match item.as_str() {
+        Some(s) if !s.trim().is_empty() => Ok(s.to_owned()),
+        Some(_) => {
+            bail!("`{table}.{key}` is empty: give it a value or remove the key for the default")
+        }
+        None => bail!(
+            "`{table}.{key}` must be a string, found `{}`",
+            item.to_string().trim()
+        ),
+    }
+}
+
+fn version(doc: &DocumentMut, table: &str, default: &str) -> Result<String> {
+    let value = string(doc, table, "version", default)?;
+    if let Err(why) = crate::domain::check_version(&value) {
+        bail!("`{table}.version` = {value:?}: {why}");
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_file_matches_the_defaults() {
+        let text =
+            std::fs::read_to_string(crate::util::project_root().join("deploy.toml")).unwrap();
+        assert_eq!(parse(&text).unwrap(), DeployConfig::default());
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        assert_eq!(parse("").unwrap(), DeployConfig::default());
+    }
+
+    #[test]
+    fn values_override_the_defaults() {
+        let config =
+            parse("[balancer]\nport = 9000\nbuckets = 20\n[green]\nversion = \"v2.0.0\"\n")
+                .unwrap();
+        assert_eq!(
+            config.balancer,
+            Balancer {
+                port: 9000,
+                buckets: 20
+            }
+        );
+        assert_eq!(config.green.version, "v2.0.0");
+        assert_eq!(config.green.port, defaults::GREEN_PORT);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                "[balancer]\nport = \"x\"",
+                "`balancer.port` must be an integer",
+            ),
+            (
+                "[balancer]\nport = 70000",
+                "`balancer.port` = 70000 is out of range",
+            ),
+            (
+                "[balancer]\nbuckets = 0",
+                "`balancer.buckets` = 0 is out of range",
+            ),
+            ("[blue]\nversion = 3", "`blue.version` must be a string"),
+            ("[blue]\nversion = \"../etc\"", "`blue.version`"),
+            ("[local]\nstate_dir = \"\"", "`local.state_dir` is empty"),
+            ("blue = 1", "`blue` must be a table"),
+            (
+                "[green]\nport = 8081",
+                "`blue.port` and `green.port` are both 8081",
+            ),
+            ("[timeouts\n", "parse TOML"),
+        ];
+        for (text, expected) in cases {
+            let err = format!("{:#}", parse(text).unwrap_err());
+            assert!(
+                err.contains(expected),
+                "{text:?}: {err:?} lacks {expected:?}"
+            );
+        }
+    }
+}

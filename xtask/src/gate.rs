@@ -1,0 +1,1 @@
+//! Gates: checks a color must pass before it gets traffic.

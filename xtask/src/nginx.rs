@@ -1,0 +1,326 @@
+//! The balancer's static nginx config, rendered from [`NginxParams`] by a pure function.
+//!
+//! Both runtimes call [`render`]: the local runtime with paths under its state directory, the
+//! compose runtime with the container's paths and the colors' static network addresses. The
+//! config never changes during a switch. What it does per request:
+//! 1. `split_clients` on nginx's random `$request_id` puts the request in one of N buckets;
+//! 2. `set $color blue; if (-f <route_dir>/current/$bucket) { set $color green; }` — one `stat()`;
+//!    a missing or unreadable route directory therefore means "blue", the defined default;
+//! 3. `proxy_pass http://$color;` where upstream `blue` is blue + green as `backup` and `green`
+//!    the mirror image, so a dead color fails over to the other instead of answering 502;
+//! 4. response headers name the color that served (`X-Served-By`) and the one routed to
+//!    (`X-Routed-To`); the service's own `X-Model-Version` passes through.
+//!
+//! Only directives of stock open-source nginx (1.22 in Debian, the official image) are used.
+
+use std::fmt::Write;
+
+/// Everything variable in the balancer's config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NginxParams {
+    /// The `listen` argument: `127.0.0.1:8080` locally, `8080` in a container.
+    pub listen: String,
+    /// Blue's upstream address (`host:port`). An IP literal lets `X-Served-By` tell failovers
+    /// apart; with a host name the header falls back to the routed color.
+    pub blue: String,
+    /// Green's upstream address (`host:port`).
+    pub green: String,
+    /// The route directory: `<route_dir>/current` is the symlink to the active generation.
+    pub route_dir: String,
+    /// How many buckets `split_clients` spreads requests over (1..=10000).
+    pub buckets: u16,
+    pub pid_path: String,
+    pub error_log: String,
+    pub access_log: String,
+    /// nginx's temporary files (request bodies, proxy buffers) go in folders under this.
+    pub temp_dir: String,
+}
+
+/// The largest request body the balancer accepts (the service has its own, smaller limit).
+pub const MAX_BODY: &str = "1m";
+/// The balancer's own health endpoint, answered by nginx without touching a color.
+pub const HEALTH_PATH: &str = "/_balancer/health";
+
+impl NginxParams {
+    /// The parameters the committed `nginx/nginx.conf` is rendered from: the container layout
+    /// (listen on 8080, colors by name on the compose network, state volume under
+    /// `/var/lib/mldeploy`). The compose runtime may pass other values to [`render`].
+    pub fn container_default() -> NginxParams {
+        NginxParams {
+            listen: "8080".into(),
+            blue: "blue:8080".into(),
+            green: "green:8080".into(),
+            route_dir: "/var/lib/mldeploy/routes".into(),
+            buckets: crate::config::defaults::BUCKETS,
+            pid_path: "/tmp/nginx.pid".into(),
+            error_log: "/dev/stderr".into(),
+            access_log: "/dev/stdout".into(),
+            temp_dir: "/tmp/nginx".into(),
+        }
+    }
+}
+
+/// Renders the complete `nginx.conf` (main context included).
+pub fn render(p: &NginxParams) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let q = quote;
+    let _ = writeln!(
+        w,
+        "# Rendered by `cargo xtask` from the deploy configuration; edits are overwritten."
+    );
+    let _ = writeln!(
+        w,
+        "# Routing: see xtask/src/nginx.rs. A switch never reloads this config."
+    );
+    let _ = writeln!(w, "worker_processes auto;");
+    let _ = writeln!(w, "pid {};", q(&p.pid_path));
+    let _ = writeln!(w, "error_log {} warn;", q(&p.error_log));
+    let _ = writeln!(w);
+    let _ = writeln!(w, "events {{\n    worker_connections 1024;\n}}");
+    let _ = writeln!(w);
+    let _ = writeln!(w, "http {{");
+    let _ = writeln!(w, "    server_tokens off;");
+    let _ = writeln!(w, "    default_type application/octet-stream;");
+    let _ = writeln!(w, "    client_max_body_size {MAX_BODY};");
+    let _ = writeln!(w, "    keepalive_timeout 65s;");
+    for kind in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        let _ = writeln!(
+            w,
+            "    {kind}_temp_path {};",
+            q(&format!("{}/{kind}", p.temp_dir))
+        );
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "    # The client's X-Request-Id when it sent one, nginx's own otherwise."
+    );
+    let _ = writeln!(w, "    map $http_x_request_id $req_id {{\n        \"\" $request_id;\n        default $http_x_request_id;\n    }}");
+    let _ = writeln!(w);
+    let _ = writeln!(w, "    log_format json escape=json '{{\"time\":\"$time_iso8601\",\"request_id\":\"$req_id\",'");
+    let _ = writeln!(w, "        '\"remote_addr\":\"$remote_addr\",\"method\":\"$request_method\",\"uri\":\"$request_uri\",'");
+    let _ = writeln!(w, "        '\"status\":$status,\"bytes_sent\":$body_bytes_sent,\"request_time\":$request_time,'");
+    let _ = writeln!(
+        w,
+        "        '\"bucket\":\"$bucket\",\"routed_to\":\"$color\",\"served_by\":\"$served_by\",'"
+    );
+    let _ = writeln!(
+        w,
+        "        '\"upstream_addr\":\"$upstream_addr\",\"upstream_status\":\"$upstream_status\",'"
+    );
+    let _ = writeln!(
+        w,
+        "        '\"upstream_response_time\":\"$upstream_response_time\"}}';"
+    );
+    let _ = writeln!(
+        w,
+        "    access_log {} json buffer=64k flush=1s;",
+        q(&p.access_log)
+    );
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "    # {} buckets; the route directory lists the ones that go to green.",
+        p.buckets
+    );
+    let _ = writeln!(w, "    split_clients \"${{request_id}}\" $bucket {{");
+    for (bucket, share) in bucket_shares(p.buckets).into_iter().enumerate() {
+        match share {
+            Some(hundredths) => {
+                let _ = writeln!(w, "        {}% \"{bucket}\";", percent(hundredths));
+            }
+            None => {
+                let _ = writeln!(w, "        * \"{bucket}\";");
+            }
+        }
+    }
+    let _ = writeln!(w, "    }}");
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "    # The color that answered: the last address nginx tried."
+    );
+    let _ = writeln!(w, "    map \"$color|$upstream_addr\" $served_by {{");
+    for (color, addr) in [("blue", &p.blue), ("green", &p.green)] {
+        if is_ip_literal(addr) {
+            let _ = writeln!(w, "        \"~[| ]{}$\" {color};", regex_escape(addr));
+        }
+    }
+    let _ = writeln!(
+        w,
+        "        \"~^blue\" blue;\n        \"~^green\" green;\n        default \"\";"
+    );
+    let _ = writeln!(w, "    }}");
+    let _ = writeln!(w);
+    for (name, primary, backup) in [("blue", &p.blue, &p.green), ("green", &p.green, &p.blue)] {
+        let _ = writeln!(w, "    upstream {name} {{");
+        let _ = writeln!(w, "        server {primary} max_fails=1 fail_timeout=2s;");
+        let _ = writeln!(w, "        server {backup} backup;");
+        let _ = writeln!(w, "        keepalive 32;");
+        let _ = writeln!(w, "    }}");
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(w, "    server {{");
+    let _ = writeln!(w, "        listen {};", p.listen);
+    let _ = writeln!(w);
+    let _ = writeln!(w, "        location = {HEALTH_PATH} {{");
+    let _ = writeln!(w, "            access_log off;");
+    let _ = writeln!(w, "            default_type application/json;");
+    let _ = writeln!(w, "            return 200 '{{\"status\":\"ok\"}}';");
+    let _ = writeln!(w, "        }}");
+    let _ = writeln!(w);
+    let _ = writeln!(w, "        location / {{");
+    let _ = writeln!(w, "            set $color blue;");
+    let _ = writeln!(
+        w,
+        "            if (-f {}) {{",
+        q(&format!("{}/current/$bucket", p.route_dir))
+    );
+    let _ = writeln!(w, "                set $color green;");
+    let _ = writeln!(w, "            }}");
+    let _ = writeln!(w, "            proxy_pass http://$color;");
+    let _ = writeln!(w, "            proxy_http_version 1.1;");
+    let _ = writeln!(w, "            proxy_set_header Connection \"\";");
+    let _ = writeln!(w, "            proxy_set_header Host $host;");
+    let _ = writeln!(w, "            proxy_set_header X-Request-Id $req_id;");
+    let _ = writeln!(
+        w,
+        "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"
+    );
+    let _ = writeln!(w, "            proxy_connect_timeout 1s;");
+    let _ = writeln!(
+        w,
+        "            proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;"
+    );
+    let _ = writeln!(w, "            proxy_next_upstream_tries 3;");
+    let _ = writeln!(w, "            proxy_next_upstream_timeout 10s;");
+    let _ = writeln!(w, "            add_header X-Served-By $served_by always;");
+    let _ = writeln!(w, "            add_header X-Routed-To $color always;");
+    let _ = writeln!(w, "        }}");
+    let _ = writeln!(w, "    }}");
+    let _ = writeln!(w, "}}");
+    out
+}
+
+/// Each bucket's share of requests in hundredths of a percent; the last is `None` (nginx's `*`,
+/// "the rest"), so the shares always cover every request.
+fn bucket_shares(buckets: u16) -> Vec<Option<u32>> {
+    let n = u32::from(buckets.max(1));
+    (0..n)
+        .map(|i| (i + 1 < n).then(|| 10_000 * (i + 1) / n - 10_000 * i / n))
+        .collect()
+}
+
+fn percent(hundredths: u32) -> String {
+    let (whole, frac) = (hundredths / 100, hundredths % 100);
+    match frac {
+        0 => whole.to_string(),
+        f if f % 10 == 0 => format!("{whole}.{}", f / 10),
+        f => format!("{whole}.{f:02}"),
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn is_ip_literal(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .is_ok()
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_ascii_alphanumeric() || c == ':' {
+                vec![c]
+            } else {
+                vec!['\\', c]
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local_example() -> NginxParams {
+        NginxParams {
+            listen: "127.0.0.1:8080".into(),
+            blue: "127.0.0.1:8081".into(),
+            green: "127.0.0.1:8082".into(),
+            route_dir: "/srv/mldeploy/routes".into(),
+            buckets: 4,
+            pid_path: "/srv/mldeploy/nginx/nginx.pid".into(),
+            error_log: "/srv/mldeploy/nginx/logs/error.log".into(),
+            access_log: "/srv/mldeploy/nginx/logs/access.log".into(),
+            temp_dir: "/srv/mldeploy/nginx/temp".into(),
+        }
+    }
+
+    fn check_golden(name: &str, actual: &str) {
+        let path = crate::util::project_root().join(name);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            expected == actual,
+            "{name} differs from the rendering; rerun with UPDATE_GOLDEN=1 and review the diff"
+        );
+    }
+
+    #[test]
+    fn local_config_matches_golden_file() {
+        check_golden(
+            "xtask/test_data/nginx.local.conf",
+            &render(&local_example()),
+        );
+    }
+
+    #[test]
+    fn committed_container_config_is_the_rendering_of_its_defaults() {
+        check_golden(
+            "nginx/nginx.conf",
+            &render(&NginxParams::container_default()),
+        );
+    }
+
+    #[test]
+    fn shares_cover_exactly_one_hundred_percent() {
+        for buckets in [1, 3, 7, 100, 333, 10_000] {
+            let shares = bucket_shares(buckets);
+            assert_eq!(shares.len(), usize::from(buckets));
+            let listed: u32 = shares.iter().flatten().sum();
+            assert!(listed < 10_000 || buckets == 1, "{buckets}: {listed}");
+            assert_eq!(shares.last(), Some(&None));
+        }
+        assert_eq!(percent(100), "1");
+        assert_eq!(percent(3333), "33.33");
+        assert_eq!(percent(50), "0.5");
+    }
+
+    #[test]
+    fn served_by_map_only_for_ip_addresses() {
+        let text = render(&NginxParams::container_default());
+        assert!(!text.contains("\"~[| ]"), "host names get no address rule");
+        let text = render(&local_example());
+        assert!(
+            text.contains(r#""~[| ]127\.0\.0\.1:8081$" blue;"#),
+            "{text}"
+        );
+        assert!(is_ip_literal("[::1]:80"));
+        assert!(!is_ip_literal("blue:8080"));
+    }
+
+    #[test]
+    fn paths_are_quoted() {
+        let mut p = local_example();
+        p.route_dir = "/a dir/with\"quote".into();
+        assert!(render(&p).contains(r#"if (-f "/a dir/with\"quote/current/$bucket") {"#));
+    }
+}
