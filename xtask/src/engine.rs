@@ -49,7 +49,11 @@ pub fn ensure_engine(sh: &Shell) -> Result<()> {
     if !setup::has_command("docker") {
         bail!("the `docker` command is missing: run `cargo xtask setup` (installs docker.io)");
     }
-    let is_root = cmd!(sh, "id -u").quiet().read().map(|uid| uid.trim() == "0").unwrap_or(false);
+    let is_root = cmd!(sh, "id -u")
+        .quiet()
+        .read()
+        .map(|uid| uid.trim() == "0")
+        .unwrap_or(false);
     if !is_root {
         bail!(
             "no Docker engine answers: start it (`sudo systemctl start docker` or `sudo dockerd &`), \
@@ -57,38 +61,57 @@ pub fn ensure_engine(sh: &Shell) -> Result<()> {
         );
     }
     let log = engine_log_path();
-    println!("starting the Docker engine ({}, log: {})…", dockerd.display(), log.display());
+    println!(
+        "starting the Docker engine ({}, log: {})…",
+        dockerd.display(),
+        log.display()
+    );
     start_dockerd(&dockerd, &log)?;
     let started = std::time::Instant::now();
-    util::poll("wait for the Docker engine to answer", ENGINE_START_TIMEOUT, || {
-        if engine_answers(sh) {
-            Ok(())
-        } else {
-            bail!("`docker info` fails")
-        }
-    })
-    .with_context(|| format!("dockerd did not come up; the end of {}:\n{}", log.display(), tail(&log, 15)))?;
-    println!("started the Docker engine in {:.1} s", started.elapsed().as_secs_f64());
+    util::poll(
+        "wait for the Docker engine to answer",
+        ENGINE_START_TIMEOUT,
+        || {
+            if engine_answers(sh) {
+                Ok(())
+            } else {
+                bail!("`docker info` fails")
+            }
+        },
+    )
+    .with_context(|| {
+        format!(
+            "dockerd did not come up; the end of {}:\n{}",
+            log.display(),
+            tail(&log, 15)
+        )
+    })?;
+    println!(
+        "started the Docker engine in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 /// Whether a Docker engine answers `docker info`.
 pub fn engine_answers(sh: &Shell) -> bool {
-    setup::has_command("docker")
-        && {
-            let format = "{{.ServerVersion}}";
-            cmd!(sh, "docker info --format {format}")
-        }
-            .quiet()
-            .ignore_stdout()
-            .ignore_stderr()
-            .run()
-            .is_ok()
+    setup::has_command("docker") && {
+        let format = "{{.ServerVersion}}";
+        cmd!(sh, "docker info --format {format}")
+    }
+    .quiet()
+    .ignore_stdout()
+    .ignore_stderr()
+    .run()
+    .is_ok()
 }
 
 fn engine_log_path() -> PathBuf {
     let system = Path::new("/var/log");
-    if fs::metadata(system).map(|meta| !meta.permissions().readonly()).unwrap_or(false) {
+    if fs::metadata(system)
+        .map(|meta| !meta.permissions().readonly())
+        .unwrap_or(false)
+    {
         return system.join("mldeploy-dockerd.log");
     }
     util::project_root().join(".deploy/dockerd.log")
@@ -150,7 +173,11 @@ impl ComposeCli {
     /// Finds `docker compose` (preferred) or `docker-compose`.
     pub fn detect(sh: &Shell, project: &str, files: Vec<PathBuf>) -> Result<ComposeCli> {
         let kind = detect_kind(sh)?;
-        Ok(ComposeCli { kind, project: project.to_owned(), files })
+        Ok(ComposeCli {
+            kind,
+            project: project.to_owned(),
+            files,
+        })
     }
 
     /// `docker compose -p <project> -f <file>… <args>` (or the v1 equivalent).
@@ -211,8 +238,17 @@ mod tests {
             files: vec!["a.yml".into(), "b.yml".into()],
         };
         let text = cli.cmd(&sh, &["up", "-d"]).to_string();
-        assert_eq!(text, "docker-compose --project-name demo --file a.yml --file b.yml up -d");
-        let v2 = ComposeCli { kind: ComposeKind::V2, ..cli };
-        assert!(v2.cmd(&sh, &["ps"]).to_string().starts_with("docker compose --project-name demo"));
+        assert_eq!(
+            text,
+            "docker-compose --project-name demo --file a.yml --file b.yml up -d"
+        );
+        let v2 = ComposeCli {
+            kind: ComposeKind::V2,
+            ..cli
+        };
+        assert!(v2
+            .cmd(&sh, &["ps"])
+            .to_string()
+            .starts_with("docker compose --project-name demo"));
     }
 }

@@ -1,90 +1,1019 @@
-//! The docker compose runtime (placeholder until it is written): every call says it is missing,
-//! so `--runtime auto` falls back to the local runtime.
+//! The docker compose runtime: nginx, blue and green as containers of one compose project.
+//!
+//! Layout:
+//! - the project runs `docker-compose.yml` (nginx, the network, the `state` volume) together
+//!   with `docker-compose.blue.yml` and `docker-compose.green.yml`; each color is started,
+//!   replaced and stopped on its own (`up -d --no-deps <color>`), never touching nginx;
+//! - every part has a static address on the project network (derived from `compose.subnet`:
+//!   `.10` nginx, `.11` blue, `.12` green), so recreating a color keeps the address nginx
+//!   resolved when it loaded its config;
+//! - the host state directory is the named volume mounted at [`STATE_DIR`] in the nginx
+//!   container. It is read and changed only through the Docker API (`docker exec`, `docker cp`),
+//!   never through a bind mount, so a remote engine (`DOCKER_HOST=ssh://…`) works unchanged and
+//!   the live state is always read back from the host.
+//!
+//! Operations on the state directory:
+//! - atomic writes: `tee <file>.tmp-<pid>` then `mv -f` (rename(2)); appends: `tee -a`;
+//! - a route generation: a locally prepared `gen-<n>/` copied in with `docker cp`;
+//! - activation: `ln -sfn gen-<n> current.tmp` then `mv -Tf current.tmp current` (rename(2));
+//! - the lock: `mkdir lock.d` (atomic), holding an `owner` file, removed when the guard drops;
+//! - nginx's static config: written to a temporary path, `nginx -t -c` on it, then installed and
+//!   nginx reloaded (SIGHUP to the container). Never part of a switch.
+//!
+//! The colors' image is `<compose.image>:<MLDEPLOY_IMAGE_TAG or latest>`; missing images are
+//! built (`images.rs`) when a part starts.
 
-use std::time::Duration;
+use std::{
+    cell::RefCell,
+    fs,
+    net::Ipv4Addr,
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    process::Command,
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
-use anyhow::{bail, Result};
-use xshell::Shell;
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
 
 use super::{HostLock, Part, RouteReading, Runtime};
-use crate::{config::DeployConfig, domain::Color, nginx::NginxParams};
+use crate::{
+    config::DeployConfig,
+    domain::Color,
+    engine::{self, ComposeCli},
+    images,
+    nginx::NginxParams,
+    util,
+};
+
+/// Where the state volume is mounted in the nginx container.
+pub const STATE_DIR: &str = "/var/lib/mldeploy";
+/// The port every container listens on inside the project network.
+pub const CONTAINER_PORT: u16 = 8080;
+/// The compose files, relative to the project root, in the order they are merged.
+pub const COMPOSE_FILES: [&str; 3] = [
+    "docker-compose.yml",
+    "docker-compose.blue.yml",
+    "docker-compose.green.yml",
+];
+/// How long a stopping container may drain before it is killed.
+const STOP_TIMEOUT_SECS: &str = "10";
+/// How long a freshly started nginx container gets to prove it stays up.
+const BALANCER_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Containers through `docker compose` / `docker-compose`.
 pub struct Compose {
-    _private: (),
+    sh: Shell,
+    cli: ComposeCli,
+    config: DeployConfig,
+    addresses: Addresses,
+    /// The nginx container's id, looked up once.
+    nginx_id: RefCell<Option<String>>,
 }
 
 impl Compose {
     /// Opens the compose runtime; fails when it cannot be used here (no compose command, no
     /// engine), which makes `--runtime auto` choose the local runtime.
-    pub fn new(_sh: &Shell, _config: &DeployConfig) -> Result<Compose> {
-        bail!("the compose runtime is not available yet: use `--runtime local`")
+    pub fn new(sh: &Shell, config: &DeployConfig) -> Result<Compose> {
+        engine::ensure_engine(sh)?;
+        let root = util::project_root();
+        let project = project_name(&config.compose.project)?;
+        let cli = ComposeCli::detect(sh, &project, compose_files())?;
+        let addresses = Addresses::in_subnet(&config.compose.subnet).context("`compose.subnet`")?;
+        let sh = sh.clone();
+        sh.change_dir(&root);
+        for (key, value) in compose_env(config, &addresses) {
+            sh.set_var(key, value);
+        }
+        Ok(Compose {
+            sh,
+            cli,
+            config: config.clone(),
+            addresses,
+            nginx_id: RefCell::new(None),
+        })
+    }
+
+    /// The service image the colors run, `name:tag`.
+    pub fn service_image(&self) -> String {
+        service_image_ref(&self.config)
+    }
+
+    fn service(part: Part) -> &'static str {
+        match part {
+            Part::Balancer => "nginx",
+            Part::Color(color) => color.as_str(),
+        }
+    }
+
+    /// The id of `part`'s container (running or not), if it exists.
+    pub fn container_id(&self, part: Part) -> Result<Option<String>> {
+        if part == Part::Balancer {
+            if let Some(id) = self.nginx_id.borrow().clone() {
+                return Ok(Some(id));
+            }
+        }
+        let project = format!("label=com.docker.compose.project={}", self.cli.project);
+        let service = format!("label=com.docker.compose.service={}", Self::service(part));
+        let ids = cmd!(
+            self.sh,
+            "docker ps --all --quiet --no-trunc --filter {project} --filter {service}"
+        )
+        .quiet()
+        .read()
+        .with_context(|| format!("find the {part} container"))?;
+        let id = ids
+            .lines()
+            .next()
+            .map(|id| id.trim().to_owned())
+            .filter(|id| !id.is_empty());
+        if part == Part::Balancer {
+            *self.nginx_id.borrow_mut() = id.clone();
+        }
+        Ok(id)
+    }
+
+    /// The nginx container, which must be running: it holds the state volume.
+    fn nginx(&self) -> Result<String> {
+        match self.container_id(Part::Balancer)? {
+            Some(id) => Ok(id),
+            None => bail!(
+                "the balancer container of project `{}` does not exist: run `cargo xtask up`",
+                self.cli.project
+            ),
+        }
+    }
+
+    /// `docker exec <nginx> <args>`; returns the result whatever the exit status.
+    fn exec(&self, args: &[&str], stdin: Option<&str>) -> Result<Exec> {
+        let id = self.nginx()?;
+        let interactive: &[&str] = if stdin.is_some() {
+            &["--interactive"]
+        } else {
+            &[]
+        };
+        let mut cmd = cmd!(self.sh, "docker exec {interactive...} {id} {args...}")
+            .quiet()
+            .ignore_status();
+        if let Some(input) = stdin {
+            cmd = cmd.stdin(input);
+        }
+        let output = cmd
+            .output()
+            .with_context(|| format!("run `docker exec {}`", args.join(" ")))?;
+        let exec = Exec {
+            ok: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        };
+        if !exec.ok && exec.stderr.contains("is not running") {
+            bail!(
+                "the balancer container is stopped: run `cargo xtask up` ({})",
+                exec.stderr
+            );
+        }
+        Ok(exec)
+    }
+
+    /// Like [`Compose::exec`], failing with the command's error output when it fails.
+    fn exec_ok(&self, what: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let exec = self.exec(args, stdin)?;
+        if !exec.ok {
+            bail!("{what}: {}", exec.stderr);
+        }
+        Ok(exec.stdout)
+    }
+
+    fn container_running(&self, id: &str) -> Result<bool> {
+        let format = "{{.State.Running}}";
+        let out = cmd!(self.sh, "docker inspect --format {format} {id}")
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .unwrap_or_default();
+        Ok(out.trim() == "true")
+    }
+
+    /// The container's state for messages: `running (healthy)`, `restarting`, `exited (1)`…
+    pub fn describe(&self, part: Part) -> Result<String> {
+        let Some(id) = self.container_id(part)? else {
+            return Ok("absent".to_owned());
+        };
+        let format = "{{.State.Status}} {{.State.ExitCode}} {{if .State.Health}}{{.State.Health.Status}}{{end}}";
+        let out = cmd!(self.sh, "docker inspect --format {format} {id}")
+            .quiet()
+            .read()?;
+        let mut words = out.split_whitespace();
+        let status = words.next().unwrap_or("unknown");
+        let code = words.next().unwrap_or("0");
+        Ok(match (status, words.next()) {
+            ("exited", _) => format!("exited ({code})"),
+            (status, Some(health)) => format!("{status} ({health})"),
+            (status, None) => status.to_owned(),
+        })
+    }
+
+    /// Copies the local folder `dir`'s contents into `dest` (absolute) in the nginx container.
+    fn copy_in(&self, dir: &std::path::Path, dest: &str) -> Result<()> {
+        let id = self.nginx()?;
+        let src = format!("{}/.", dir.display());
+        let dest = format!("{id}:{dest}");
+        cmd!(self.sh, "docker cp {src} {dest}")
+            .quiet()
+            .run()
+            .with_context(|| format!("docker cp into {dest}"))
+    }
+
+    fn compose(&self, what: &str, args: &[&str]) -> Result<()> {
+        self.cli
+            .cmd(&self.sh, args)
+            .quiet()
+            .ignore_stdout()
+            .output()
+            .map(drop)
+            .with_context(|| format!("{what} ({} {})", self.cli.display_name(), args.join(" ")))
     }
 }
 
-fn missing<T>() -> Result<T> {
-    bail!("the compose runtime is not available yet: use `--runtime local`")
+struct Exec {
+    ok: bool,
+    stdout: String,
+    stderr: String,
 }
 
 impl Runtime for Compose {
     fn name(&self) -> &'static str {
         "compose"
     }
-    fn url(&self, _part: Part) -> String {
-        String::new()
+
+    fn url(&self, part: Part) -> String {
+        let host = published_host();
+        let port = match part {
+            Part::Balancer => self.config.balancer.port,
+            Part::Color(color) => self.config.color(color).port,
+        };
+        format!("http://{host}:{port}")
     }
+
     fn nginx_params(&self) -> NginxParams {
-        NginxParams::container_default()
+        let mut params = NginxParams::container_default();
+        params.listen = CONTAINER_PORT.to_string();
+        params.blue = format!("{}:{CONTAINER_PORT}", self.addresses.blue);
+        params.green = format!("{}:{CONTAINER_PORT}", self.addresses.green);
+        params.route_dir = format!("{STATE_DIR}/routes");
+        params.buckets = self.config.balancer.buckets;
+        // /tmp exists in every nginx image; nginx creates its temp folders directly under it.
+        params.temp_dir = "/tmp".to_owned();
+        params
     }
-    fn start_balancer(&self, _nginx_conf: &str) -> Result<()> {
-        missing()
+
+    fn start_balancer(&self, nginx_conf: &str) -> Result<()> {
+        let offline = images::offline_from_env();
+        let image =
+            images::resolve_nginx_image(&self.sh, &self.config.compose.nginx_image, offline)?;
+        self.sh.set_var("MLDEPLOY_NGINX_IMAGE", &image);
+        *self.nginx_id.borrow_mut() = None;
+        if let Some(id) = self.container_id(Part::Balancer)? {
+            if self.container_running(&id)? {
+                if self.current_config()?.as_deref() == Some(nginx_conf) {
+                    return Ok(());
+                }
+                return self.apply_config(nginx_conf);
+            }
+        } else {
+            self.compose(
+                "create the balancer container",
+                &["up", "--no-start", "--no-deps", "nginx"],
+            )?;
+            *self.nginx_id.borrow_mut() = None;
+        }
+        // The container exists but is stopped: seed the volume through `docker cp` (which works
+        // on stopped containers), then start it.
+        let id = self.nginx()?;
+        let seed = std::env::temp_dir().join(format!("mldeploy-seed-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&seed);
+        let result = (|| {
+            for dir in ["", "nginx", "routes"] {
+                let path = seed.join(dir);
+                fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+            }
+            fs::write(seed.join("nginx/nginx.conf"), nginx_conf).context("write nginx.conf")?;
+            self.copy_in(&seed, STATE_DIR)
+        })();
+        let _ = fs::remove_dir_all(&seed);
+        result.context("install nginx's config into the state volume")?;
+        cmd!(self.sh, "docker start {id}")
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .context("start the balancer container")?;
+        // nginx exits at once on a bad config: wait until it answers its own health path.
+        let health = format!("{}{}", self.url(Part::Balancer), crate::nginx::HEALTH_PATH);
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .context("build an HTTP client")?;
+        util::poll(
+            "wait for the balancer to answer",
+            BALANCER_START_TIMEOUT,
+            || {
+                if !self.container_running(&id)? {
+                    bail!(
+                        "the balancer container is {}",
+                        self.describe(Part::Balancer)?
+                    );
+                }
+                let status = client
+                    .get(&health)
+                    .send()
+                    .with_context(|| format!("GET {health}"))?
+                    .status();
+                if !status.is_success() {
+                    bail!("GET {health} answered {status}");
+                }
+                Ok(())
+            },
+        )
+        .with_context(|| {
+            format!(
+                "nginx did not start; its log:\n{}",
+                self.logs(Part::Balancer, 20).unwrap_or_default()
+            )
+        })
     }
-    fn start_color(&self, _color: Color, _version: &str) -> Result<()> {
-        missing()
+
+    fn start_color(&self, color: Color, version: &str) -> Result<()> {
+        let image = self.service_image();
+        images::ensure_service_image(&self.sh, &self.config.compose.image, &image)?;
+        let prefix = color.as_str().to_uppercase();
+        let service = color.as_str();
+        let _version = self
+            .sh
+            .push_env(format!("MLDEPLOY_{prefix}_VERSION"), version);
+        self.compose(
+            &format!("start {color} with {version}"),
+            &["up", "--detach", "--no-deps", service],
+        )
     }
-    fn stop_color(&self, _color: Color) -> Result<()> {
-        missing()
+
+    fn stop_color(&self, color: Color) -> Result<()> {
+        self.compose(
+            &format!("stop {color}"),
+            &["stop", "--timeout", STOP_TIMEOUT_SECS, color.as_str()],
+        )
     }
-    fn is_running(&self, _part: Part) -> Result<bool> {
-        missing()
+
+    fn is_running(&self, part: Part) -> Result<bool> {
+        match self.container_id(part)? {
+            Some(id) => self.container_running(&id),
+            None => Ok(false),
+        }
     }
-    fn logs(&self, _part: Part, _lines: usize) -> Result<String> {
-        missing()
+
+    fn logs(&self, part: Part, lines: usize) -> Result<String> {
+        let Some(id) = self.container_id(part)? else {
+            return Ok(format!("(no {part} container)"));
+        };
+        let tail = lines.to_string();
+        let output = cmd!(self.sh, "docker logs --tail {tail} {id}")
+            .quiet()
+            .ignore_status()
+            .output()
+            .with_context(|| format!("read the {part} container's log"))?;
+        // The services log to stderr and stdout; show both, in that order of importance.
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        Ok(engine::last_lines(&text, lines))
     }
+
     fn down(&self) -> Result<()> {
-        missing()
+        self.compose(
+            "remove the containers, network and volume",
+            &[
+                "down",
+                "--volumes",
+                "--remove-orphans",
+                "--timeout",
+                STOP_TIMEOUT_SECS,
+            ],
+        )?;
+        *self.nginx_id.borrow_mut() = None;
+        Ok(())
     }
-    fn apply_config(&self, _nginx_conf: &str) -> Result<()> {
-        missing()
+
+    fn apply_config(&self, nginx_conf: &str) -> Result<()> {
+        let candidate = format!("{STATE_DIR}/nginx/nginx.conf.new");
+        let installed = format!("{STATE_DIR}/nginx/nginx.conf");
+        self.exec_ok(
+            "write the new nginx config",
+            &["tee", &candidate],
+            Some(nginx_conf),
+        )?;
+        let test = self.exec(&["nginx", "-t", "-q", "-c", &candidate], None)?;
+        if !test.ok {
+            let _ = self.exec(&["rm", "-f", &candidate], None);
+            bail!(
+                "nginx rejects the new config (the running one stays): {}",
+                test.stderr
+            );
+        }
+        self.exec_ok(
+            "install the new nginx config",
+            &["mv", "-f", &candidate, &installed],
+            None,
+        )?;
+        let id = self.nginx()?;
+        cmd!(self.sh, "docker kill --signal HUP {id}")
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .context("reload nginx (SIGHUP)")?;
+        Ok(())
     }
+
     fn current_config(&self) -> Result<Option<String>> {
-        missing()
+        if self.container_id(Part::Balancer)?.is_none() {
+            return Ok(None);
+        }
+        self.read_file("nginx/nginx.conf")
     }
-    fn read_file(&self, _rel: &str) -> Result<Option<String>> {
-        missing()
+
+    fn read_file(&self, rel: &str) -> Result<Option<String>> {
+        let path = state_path(rel)?;
+        let exec = self.exec(&["cat", &path], None)?;
+        if exec.ok {
+            Ok(Some(exec.stdout))
+        } else if exec.stderr.contains("No such file") {
+            Ok(None)
+        } else {
+            bail!("read {path} in the balancer container: {}", exec.stderr)
+        }
     }
-    fn write_file_atomic(&self, _rel: &str, _contents: &str) -> Result<()> {
-        missing()
+
+    fn write_file_atomic(&self, rel: &str, contents: &str) -> Result<()> {
+        let path = state_path(rel)?;
+        let temp = format!("{path}.tmp-{}", std::process::id());
+        self.exec_ok(&format!("write {temp}"), &["tee", &temp], Some(contents))?;
+        self.exec_ok(
+            &format!("rename {temp} to {path}"),
+            &["mv", "-f", &temp, &path],
+            None,
+        )?;
+        Ok(())
     }
-    fn append_line(&self, _rel: &str, _line: &str) -> Result<()> {
-        missing()
+
+    fn append_line(&self, rel: &str, line: &str) -> Result<()> {
+        let path = state_path(rel)?;
+        let mut text = line.trim_end_matches('\n').to_owned();
+        text.push('\n');
+        self.exec_ok(
+            &format!("append to {path}"),
+            &["tee", "-a", &path],
+            Some(&text),
+        )?;
+        Ok(())
     }
-    fn install_generation(&self, _generation: u64, _green_buckets: &[u16]) -> Result<()> {
-        missing()
+
+    fn install_generation(&self, generation: u64, green_buckets: &[u16]) -> Result<()> {
+        let name = generation_name(generation);
+        let local = std::env::temp_dir().join(format!(
+            "mldeploy-routes-{}-{generation}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&local);
+        let result = (|| {
+            let dir = local.join(&name);
+            fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            for path in [&local, &dir] {
+                fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
+            }
+            for bucket in green_buckets {
+                let file = dir.join(bucket.to_string());
+                fs::write(&file, "").with_context(|| format!("create {}", file.display()))?;
+                fs::set_permissions(&file, fs::Permissions::from_mode(0o644))?;
+            }
+            let remote = format!("{STATE_DIR}/routes/{name}");
+            self.exec_ok(
+                "remove a leftover generation",
+                &["rm", "-rf", &remote],
+                None,
+            )?;
+            self.copy_in(&local, &format!("{STATE_DIR}/routes"))
+        })();
+        let _ = fs::remove_dir_all(&local);
+        result.with_context(|| format!("install route generation {generation}"))
     }
-    fn activate_generation(&self, _generation: u64) -> Result<()> {
-        missing()
+
+    fn activate_generation(&self, generation: u64) -> Result<()> {
+        let routes = format!("{STATE_DIR}/routes");
+        let name = generation_name(generation);
+        let id = self.nginx()?;
+        for args in [
+            ["ln", "-sfn", name.as_str(), "current.tmp"],
+            ["mv", "-Tf", "current.tmp", "current"],
+        ] {
+            let output = cmd!(self.sh, "docker exec --workdir {routes} {id} {args...}")
+                .quiet()
+                .ignore_status()
+                .output()?;
+            if !output.status.success() {
+                bail!(
+                    "activate route generation {generation} (`{}`): {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+            }
+        }
+        Ok(())
     }
+
     fn active_generation(&self) -> Result<RouteReading> {
-        missing()
+        let current = format!("{STATE_DIR}/routes/current");
+        let link = self.exec(&["readlink", &current], None)?;
+        if !link.ok {
+            let exists = self.exec(&["ls", "-ld", &current], None)?;
+            if !exists.ok {
+                return Ok(RouteReading::Missing);
+            }
+            return Ok(RouteReading::Unreadable(format!(
+                "{current} is not a symlink: {}",
+                exists.stdout.trim()
+            )));
+        }
+        let target = link.stdout.trim();
+        let Some(generation) = parse_generation_name(target) else {
+            return Ok(RouteReading::Unreadable(format!(
+                "{current} points at {target:?}, not a gen-<n> folder"
+            )));
+        };
+        let listing = self.exec(
+            &["ls", "-1", &format!("{STATE_DIR}/routes/{target}/")],
+            None,
+        )?;
+        if !listing.ok {
+            return Ok(RouteReading::Unreadable(format!(
+                "{current} points at {target}: {}",
+                listing.stderr
+            )));
+        }
+        match parse_buckets(&listing.stdout) {
+            Ok(green_buckets) => Ok(RouteReading::Active {
+                generation,
+                green_buckets,
+            }),
+            Err(err) => Ok(RouteReading::Unreadable(format!("{target}: {err}"))),
+        }
     }
+
     fn max_generation(&self) -> Result<u64> {
-        missing()
+        Ok(self.generations()?.into_iter().max().unwrap_or(0))
     }
-    fn prune_generations(&self, _keep: &[u64]) -> Result<()> {
-        missing()
+
+    fn prune_generations(&self, keep: &[u64]) -> Result<()> {
+        let doomed: Vec<String> = self
+            .generations()?
+            .into_iter()
+            .filter(|generation| !keep.contains(generation))
+            .map(|generation| format!("{STATE_DIR}/routes/{}", generation_name(generation)))
+            .collect();
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let mut args = vec!["rm", "-rf"];
+        args.extend(doomed.iter().map(String::as_str));
+        self.exec_ok("prune route generations", &args, None)?;
+        Ok(())
     }
-    fn lock(&self, _timeout: Duration, _holder: &str) -> Result<HostLock> {
-        missing()
+
+    fn lock(&self, timeout: Duration, holder: &str) -> Result<HostLock> {
+        let dir = format!("{STATE_DIR}/lock.d");
+        let owner_file = format!("{dir}/owner");
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let exec = self.exec(&["mkdir", &dir], None)?;
+            if exec.ok {
+                let owner = lock_owner(holder, now_secs());
+                self.exec_ok(
+                    "record the lock's owner",
+                    &["tee", &owner_file],
+                    Some(&owner),
+                )?;
+                return Ok(Box::new(LockGuard {
+                    container: self.nginx()?,
+                    dir,
+                }));
+            }
+            if !exec.stderr.contains("File exists") {
+                bail!("take the deploy lock ({dir}): {}", exec.stderr);
+            }
+            if started.elapsed() >= timeout {
+                let owner = self
+                    .read_file("lock.d/owner")
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                bail!(
+                    "{}",
+                    lock_busy_message(&owner, now_secs(), &self.nginx()?, &dir)
+                );
+            }
+            thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Compose {
+    /// The generation numbers present under `routes/`.
+    fn generations(&self) -> Result<Vec<u64>> {
+        let exec = self.exec(&["ls", "-1", &format!("{STATE_DIR}/routes/")], None)?;
+        if !exec.ok {
+            if exec.stderr.contains("No such file") {
+                return Ok(Vec::new());
+            }
+            bail!("list route generations: {}", exec.stderr);
+        }
+        Ok(exec
+            .stdout
+            .lines()
+            .filter_map(|name| parse_generation_name(name.trim()))
+            .collect())
+    }
+}
+
+/// Releases the deploy lock when dropped.
+struct LockGuard {
+    container: String,
+    dir: String,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let status = Command::new("docker")
+            .args(["exec", &self.container, "rm", "-rf", &self.dir])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!(
+                "warning: could not release the deploy lock {} in container {}",
+                self.dir, self.container
+            );
+        }
+    }
+}
+
+// Pure helpers.
+
+/// The static addresses of the parts on the project network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addresses {
+    pub nginx: Ipv4Addr,
+    pub blue: Ipv4Addr,
+    pub green: Ipv4Addr,
+}
+
+impl Addresses {
+    /// `.10`, `.11` and `.12` of `subnet` (`a.b.c.d/len`, len at most 28).
+    pub fn in_subnet(subnet: &str) -> Result<Addresses> {
+        let Some((base, len)) = subnet.split_once('/') else {
+            bail!("{subnet:?} is not a subnet like 172.30.77.0/24");
+        };
+        let base: Ipv4Addr = base
+            .parse()
+            .with_context(|| format!("{base:?} is not an IPv4 address"))?;
+        let len: u32 = len
+            .parse()
+            .with_context(|| format!("{len:?} is not a prefix length"))?;
+        if !(8..=28).contains(&len) {
+            bail!("{subnet}: use a prefix length between 8 and 28");
+        }
+        let mask = u32::MAX << (32 - len);
+        let network = u32::from(base) & mask;
+        if network != u32::from(base) {
+            bail!(
+                "{subnet}: the address has host bits set; use {}/{len}",
+                Ipv4Addr::from(network)
+            );
+        }
+        let at = |offset: u32| Ipv4Addr::from(network + offset);
+        Ok(Addresses {
+            nginx: at(10),
+            blue: at(11),
+            green: at(12),
+        })
+    }
+
+    pub fn color(&self, color: Color) -> Ipv4Addr {
+        match color {
+            Color::Blue => self.blue,
+            Color::Green => self.green,
+        }
+    }
+}
+
+/// The compose project name: what compose itself would make of it, refused when that changes it
+/// (labels must match exactly).
+pub fn project_name(name: &str) -> Result<String> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if !ok {
+        bail!("`compose.project` = {name:?}: use lowercase letters, digits, `-` and `_`, starting with a letter or digit");
+    }
+    Ok(name.to_owned())
+}
+
+/// The variables the compose files read, from the deploy configuration.
+pub fn compose_env(config: &DeployConfig, addresses: &Addresses) -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "MLDEPLOY_PUBLIC_PORT".to_owned(),
+            config.balancer.port.to_string(),
+        ),
+        ("MLDEPLOY_SUBNET".to_owned(), config.compose.subnet.clone()),
+        (
+            "MLDEPLOY_NGINX_ADDR".to_owned(),
+            addresses.nginx.to_string(),
+        ),
+        (
+            "MLDEPLOY_NGINX_IMAGE".to_owned(),
+            config.compose.nginx_image.clone(),
+        ),
+    ];
+    for color in Color::ALL {
+        let prefix = format!("MLDEPLOY_{}", color.as_str().to_uppercase());
+        let color_config = config.color(color);
+        env.push((format!("{prefix}_IMAGE"), service_image_ref(config)));
+        env.push((format!("{prefix}_VERSION"), color_config.version.clone()));
+        env.push((format!("{prefix}_PORT"), color_config.port.to_string()));
+        env.push((format!("{prefix}_ADDR"), addresses.color(color).to_string()));
+    }
+    env
+}
+
+/// `<compose.image>:<tag>`, the tag from `MLDEPLOY_IMAGE_TAG` or `latest`.
+fn service_image_ref(config: &DeployConfig) -> String {
+    let tag = std::env::var("MLDEPLOY_IMAGE_TAG")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "latest".into());
+    format!("{}:{tag}", config.compose.image)
+}
+
+/// The host the published ports are reached at: `MLDEPLOY_PUBLIC_HOST`, else the host of a
+/// `tcp://` or `ssh://` `DOCKER_HOST`, else 127.0.0.1.
+fn published_host() -> String {
+    if let Ok(host) = std::env::var("MLDEPLOY_PUBLIC_HOST") {
+        if !host.is_empty() {
+            return host;
+        }
+    }
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|url| docker_host_name(&url))
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+/// The host name in a remote `DOCKER_HOST` (`ssh://user@host:22`, `tcp://host:2376`).
+pub fn docker_host_name(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("ssh://")
+        .or_else(|| url.strip_prefix("tcp://"))?;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = rest.split(['/', ':']).next()?;
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+/// An absolute path in the state volume for `rel`, refusing anything that would leave it.
+pub fn state_path(rel: &str) -> Result<String> {
+    if rel.is_empty()
+        || rel.starts_with('/')
+        || rel.split('/').any(|part| part == ".." || part.is_empty())
+    {
+        bail!("{rel:?} is not a relative path inside the state directory");
+    }
+    Ok(format!("{STATE_DIR}/{rel}"))
+}
+
+fn generation_name(generation: u64) -> String {
+    format!("gen-{generation}")
+}
+
+/// `gen-<n>` → n.
+pub fn parse_generation_name(name: &str) -> Option<u64> {
+    name.strip_prefix("gen-")?.parse().ok()
+}
+
+/// The bucket numbers in a `ls -1` listing of a generation folder, sorted.
+pub fn parse_buckets(listing: &str) -> Result<Vec<u16>> {
+    let mut buckets = listing
+        .lines()
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            name.parse::<u16>()
+                .with_context(|| format!("{name:?} is not a bucket number"))
+        })
+        .collect::<Result<Vec<u16>>>()?;
+    buckets.sort_unstable();
+    Ok(buckets)
+}
+
+/// The contents of the lock's `owner` file.
+pub fn lock_owner(holder: &str, now: u64) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    format!(
+        "{holder}\npid {} on {}\nsince {now}\n",
+        std::process::id(),
+        if host.is_empty() { "?" } else { &host }
+    )
+}
+
+/// The error when the lock stays taken: who holds it, for how long, and how to clear a stale one.
+pub fn lock_busy_message(owner: &str, now: u64, container: &str, dir: &str) -> String {
+    let holder = owner
+        .lines()
+        .next()
+        .filter(|l| !l.is_empty())
+        .unwrap_or("an unknown operation");
+    let since = owner
+        .lines()
+        .find_map(|l| l.strip_prefix("since "))
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let age = since.map(|since| now.saturating_sub(since));
+    let short = &container[..container.len().min(12)];
+    let mut message = format!("another operation holds the deploy lock: {holder}");
+    if let Some(age) = age {
+        message.push_str(&format!(" (for {age} s)"));
+    }
+    message.push_str("; wait for it to finish and try again");
+    if age.is_none_or(|age| age > 600) {
+        message.push_str(&format!(
+            ". It looks stale: if no operation is running, remove it with `docker exec {short} rm -rf {dir}`"
+        ));
+    }
+    message
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The compose files, absolute.
+pub fn compose_files() -> Vec<PathBuf> {
+    let root = util::project_root();
+    COMPOSE_FILES.iter().map(|f| root.join(f)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_fixed_offsets_in_the_subnet() {
+        let a = Addresses::in_subnet("172.30.77.0/24").unwrap();
+        assert_eq!(a.nginx, Ipv4Addr::new(172, 30, 77, 10));
+        assert_eq!(a.color(Color::Blue), Ipv4Addr::new(172, 30, 77, 11));
+        assert_eq!(a.color(Color::Green), Ipv4Addr::new(172, 30, 77, 12));
+        assert_eq!(
+            Addresses::in_subnet("10.1.2.16/28").unwrap().green,
+            Ipv4Addr::new(10, 1, 2, 28)
+        );
+        for bad in [
+            "172.30.77.0",
+            "172.30.77.1/24",
+            "172.30.77.0/30",
+            "x/24",
+            "1.2.3.0/y",
+        ] {
+            assert!(Addresses::in_subnet(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn project_names_must_survive_compose_normalisation() {
+        assert_eq!(project_name("mldeploy-e2e_1").unwrap(), "mldeploy-e2e_1");
+        for bad in ["", "MLdeploy", "a b", "-x", "a.b"] {
+            assert!(project_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn state_paths_stay_inside_the_volume() {
+        assert_eq!(
+            state_path("state.json").unwrap(),
+            "/var/lib/mldeploy/state.json"
+        );
+        assert_eq!(
+            state_path("routes/gen-3").unwrap(),
+            "/var/lib/mldeploy/routes/gen-3"
+        );
+        for bad in ["", "/etc/passwd", "../x", "a/../../b", "a//b", "a/"] {
+            assert!(state_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn generation_names_and_bucket_listings_parse() {
+        assert_eq!(parse_generation_name("gen-42"), Some(42));
+        assert_eq!(parse_generation_name("current"), None);
+        assert_eq!(parse_generation_name("gen-x"), None);
+        assert_eq!(parse_buckets("10\n2\n\n7\n").unwrap(), vec![2, 7, 10]);
+        assert_eq!(parse_buckets("").unwrap(), Vec::<u16>::new());
+        assert!(parse_buckets("2\nstray\n").is_err());
+    }
+
+    #[test]
+    fn compose_env_names_every_variable_the_files_use() {
+        let config = DeployConfig::default();
+        let env = compose_env(
+            &config,
+            &Addresses::in_subnet(&config.compose.subnet).unwrap(),
+        );
+        let files: String = COMPOSE_FILES
+            .iter()
+            .map(|f| fs::read_to_string(util::project_root().join(f)).unwrap())
+            .collect();
+        let mut used: Vec<&str> = files
+            .split("${")
+            .skip(1)
+            .map(|rest| rest.split([':', '}']).next().unwrap())
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        for var in used {
+            assert!(
+                env.iter().any(|(k, _)| k == var),
+                "{var} is used by a compose file but never set"
+            );
+        }
+        let get = |k: &str| env.iter().find(|(key, _)| key == k).unwrap().1.clone();
+        assert_eq!(get("MLDEPLOY_GREEN_ADDR"), "172.30.77.12");
+        assert_eq!(get("MLDEPLOY_BLUE_PORT"), "8081");
+    }
+
+    #[test]
+    fn compose_file_defaults_match_the_deploy_defaults() {
+        // Someone running the compose files by hand gets the same deployment as `cargo xtask up`.
+        let config = DeployConfig::default();
+        let env = compose_env(
+            &config,
+            &Addresses::in_subnet(&config.compose.subnet).unwrap(),
+        );
+        let files: String = COMPOSE_FILES
+            .iter()
+            .map(|f| fs::read_to_string(util::project_root().join(f)).unwrap())
+            .collect();
+        for (key, value) in env.iter().filter(|(k, _)| !k.ends_with("_IMAGE")) {
+            let pattern = format!("${{{key}:-{value}}}");
+            assert!(files.contains(&pattern), "compose files lack {pattern}");
+        }
+    }
+
+    #[test]
+    fn docker_host_names() {
+        assert_eq!(
+            docker_host_name("ssh://deploy@example.org").as_deref(),
+            Some("example.org")
+        );
+        assert_eq!(
+            docker_host_name("ssh://u@h.example:2222").as_deref(),
+            Some("h.example")
+        );
+        assert_eq!(
+            docker_host_name("tcp://10.0.0.5:2376").as_deref(),
+            Some("10.0.0.5")
+        );
+        assert_eq!(docker_host_name("unix:///var/run/docker.sock"), None);
+    }
+
+    #[test]
+    fn a_busy_lock_names_its_holder_and_how_to_clear_it() {
+        let owner = lock_owner("switch to green", 1000);
+        let fresh = lock_busy_message(&owner, 1005, "0123456789abcdef", "/var/lib/mldeploy/lock.d");
+        assert!(fresh.contains("switch to green (for 5 s)"), "{fresh}");
+        assert!(!fresh.contains("stale"), "{fresh}");
+        let stale = lock_busy_message(&owner, 5000, "0123456789abcdef", "/var/lib/mldeploy/lock.d");
+        assert!(
+            stale.contains("docker exec 0123456789ab rm -rf /var/lib/mldeploy/lock.d"),
+            "{stale}"
+        );
+        let unknown = lock_busy_message("", 5000, "abc", "/d");
+        assert!(
+            unknown.contains("an unknown operation") && unknown.contains("stale"),
+            "{unknown}"
+        );
     }
 }

@@ -1,0 +1,593 @@
+//! Container images: the service image and the balancer's nginx image.
+//!
+//! The service image ([`build_service_image`]):
+//! 1. build the service statically (`+crt-static`, `x86_64-unknown-linux-gnu`), so a `FROM
+//!    scratch` image needs nothing else;
+//! 2. `docker build` the `Dockerfile` (no base image to pull), tagged
+//!    `<image>:<crate version>-<git short rev>` and `<image>:latest`, with OCI labels; the legacy
+//!    builder (`DOCKER_BUILDKIT=0`) when the buildx plugin is missing.
+//!
+//! The nginx image ([`resolve_nginx_image`]), the first that works of:
+//! 1. the configured image (the official `nginx` by default), when present;
+//! 2. the image built earlier from Debian's packages, when present;
+//! 3. `docker pull` of the configured image, with a short deadline (skipped offline);
+//! 4. a build from Debian's packages: `debootstrap --variant=minbase --include=nginx` into a
+//!    folder, trimmed, then `tar -C <dir> -c . | docker import -` (the pipe is made here, not by
+//!    a shell). The Debian mirror is the one this machine's apt sources name.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::{setup, util};
+
+/// The Debian release the offline nginx image is built from (nginx 1.22).
+pub const DEBIAN_SUITE: &str = "bookworm";
+/// The name of the nginx image built from Debian's packages.
+pub const DEBIAN_NGINX_IMAGE: &str = "mldeploy-nginx:bookworm";
+/// The Rust target of the static service binary.
+pub const SERVICE_TARGET: &str = "x86_64-unknown-linux-gnu";
+/// How long `docker pull` may try before the offline build takes over.
+const PULL_TIMEOUT: Duration = Duration::from_secs(20);
+/// The image size the service image should stay under.
+pub const MAX_SERVICE_IMAGE_BYTES: u64 = 20 * 1000 * 1000;
+
+/// Whether `MLDEPLOY_OFFLINE=1` asks for images built without any registry.
+pub fn offline_from_env() -> bool {
+    std::env::var("MLDEPLOY_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// Whether the engine has `image` (a name with its tag, or an id).
+pub fn image_exists(sh: &Shell, image: &str) -> bool {
+    cmd!(sh, "docker image inspect {image}")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_ok()
+}
+
+/// The size of `image` in bytes.
+pub fn image_size(sh: &Shell, image: &str) -> Result<u64> {
+    let format = "{{.Size}}";
+    let text = cmd!(sh, "docker image inspect --format {format} {image}")
+        .quiet()
+        .read()
+        .with_context(|| format!("inspect image {image}"))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("image size of {image}: {text:?}"))
+}
+
+// The service image.
+
+/// What a service image build is tagged and labelled with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceImage {
+    /// The repository part, e.g. `ml-service` or `ghcr.io/owner/repo`.
+    pub name: String,
+    /// The service crate's version.
+    pub version: String,
+    /// `git rev-parse --short HEAD`, or `unknown` outside a git checkout.
+    pub revision: String,
+    /// Where the source lives (for `org.opencontainers.image.source`), when known.
+    pub source: Option<String>,
+}
+
+impl ServiceImage {
+    /// The tags: `<name>:<version>-<revision>` and `<name>:latest`.
+    pub fn tags(&self) -> [String; 2] {
+        [
+            format!("{}:{}-{}", self.name, self.version, self.revision),
+            format!("{}:latest", self.name),
+        ]
+    }
+
+    /// The OCI labels.
+    pub fn labels(&self) -> Vec<(String, String)> {
+        let mut labels = vec![
+            (
+                "org.opencontainers.image.title".to_owned(),
+                "ml-service".to_owned(),
+            ),
+            (
+                "org.opencontainers.image.version".to_owned(),
+                self.version.clone(),
+            ),
+            (
+                "org.opencontainers.image.revision".to_owned(),
+                self.revision.clone(),
+            ),
+        ];
+        if let Some(source) = &self.source {
+            labels.push(("org.opencontainers.image.source".to_owned(), source.clone()));
+        }
+        labels
+    }
+}
+
+/// Reads the crate version, git revision and source of the service image named `name`.
+pub fn service_image(sh: &Shell, name: &str) -> Result<ServiceImage> {
+    let manifest = fs::read_to_string(util::project_root().join("service/Cargo.toml"))
+        .context("read service/Cargo.toml")?;
+    let version = crate_version(&manifest).context("find the service crate's version")?;
+    let revision = cmd!(sh, "git rev-parse --short HEAD")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .map(|rev| rev.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let source = match (
+        std::env::var("GITHUB_SERVER_URL"),
+        std::env::var("GITHUB_REPOSITORY"),
+    ) {
+        (Ok(server), Ok(repo)) if !repo.is_empty() => Some(format!("{server}/{repo}")),
+        _ => cmd!(sh, "git remote get-url origin")
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .ok()
+            .map(|url| url.trim().to_owned())
+            .filter(|url| !url.is_empty()),
+    };
+    Ok(ServiceImage {
+        name: name.to_owned(),
+        version,
+        revision,
+        source,
+    })
+}
+
+/// `package.version` of a `Cargo.toml`.
+pub fn crate_version(manifest: &str) -> Result<String> {
+    let doc: toml_edit::DocumentMut = manifest.parse().context("parse Cargo.toml")?;
+    match doc
+        .get("package")
+        .and_then(|p| p.get("version"))
+        .and_then(|v| v.as_str())
+    {
+        Some(version) => Ok(version.to_owned()),
+        None => bail!("no `package.version` (a string) in Cargo.toml"),
+    }
+}
+
+/// Builds the static service binary and returns its path.
+pub fn build_service_binary(sh: &Shell) -> Result<PathBuf> {
+    let mut rustflags = std::env::var("RUSTFLAGS").unwrap_or_default();
+    if !rustflags.contains("crt-static") {
+        rustflags = format!("{rustflags} -C target-feature=+crt-static")
+            .trim()
+            .to_owned();
+    }
+    let _flags = sh.push_env("RUSTFLAGS", rustflags);
+    println!("building the static service binary ({SERVICE_TARGET}, release)…");
+    let started = Instant::now();
+    let target = SERVICE_TARGET;
+    cmd!(
+        sh,
+        "cargo build --release --package service --bin ml-service --bin ml-train --target {target}"
+    )
+    .run()
+    .context("build the static service binary")?;
+    let binary = target_dir(sh)?
+        .join(SERVICE_TARGET)
+        .join("release/ml-service");
+    if !binary.is_file() {
+        bail!("the build finished but {} is missing", binary.display());
+    }
+    println!(
+        "built {} in {:.1} s",
+        binary.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(binary)
+}
+
+fn target_dir(sh: &Shell) -> Result<PathBuf> {
+    let text = cmd!(sh, "cargo metadata --format-version 1 --no-deps")
+        .quiet()
+        .read()
+        .context("ask cargo for the target directory")?;
+    let meta: serde_json::Value = serde_json::from_str(&text).context("parse cargo metadata")?;
+    match meta["target_directory"].as_str() {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => bail!("cargo metadata has no target_directory"),
+    }
+}
+
+/// Builds the service image from `binary` (built by [`build_service_binary`]) and `models/`.
+pub fn build_service_image(sh: &Shell, image: &ServiceImage, binary: &Path) -> Result<()> {
+    let root = util::project_root();
+    // The Dockerfile copies the binary from inside the build context (the project root).
+    let binary_rel = match binary.strip_prefix(&root) {
+        Ok(rel) => rel.to_path_buf(),
+        Err(_) => {
+            let staged = root.join(".deploy/image/ml-service");
+            fs::create_dir_all(staged.parent().unwrap()).context("create .deploy/image")?;
+            fs::copy(binary, &staged)
+                .with_context(|| format!("copy {} into the build context", binary.display()))?;
+            staged.strip_prefix(&root).unwrap().to_path_buf()
+        }
+    };
+    let [versioned, latest] = image.tags();
+    let mut args: Vec<String> = vec![
+        "--tag".into(),
+        versioned.clone(),
+        "--tag".into(),
+        latest.clone(),
+    ];
+    for arg in [
+        format!("BINARY={}", binary_rel.display()),
+        format!("VERSION={}", image.version),
+        format!("REVISION={}", image.revision),
+    ] {
+        args.push("--build-arg".into());
+        args.push(arg);
+    }
+    for (key, value) in image.labels() {
+        args.push("--label".into());
+        args.push(format!("{key}={value}"));
+    }
+    let _builder = (!buildx_available(sh)).then(|| sh.push_env("DOCKER_BUILDKIT", "0"));
+    println!("building image {versioned}…");
+    let started = Instant::now();
+    cmd!(sh, "docker build --file Dockerfile {args...} .")
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .with_context(|| format!("docker build {versioned}"))?;
+    let size = image_size(sh, &versioned)?;
+    println!(
+        "built {versioned} (also {latest}) in {:.1} s: {:.1} MB",
+        started.elapsed().as_secs_f64(),
+        size as f64 / 1e6
+    );
+    if size > MAX_SERVICE_IMAGE_BYTES {
+        eprintln!(
+            "warning: the image is {:.1} MB, above the 20 MB target",
+            size as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
+/// Whether `docker buildx` is installed (BuildKit builds then work; otherwise the legacy builder).
+pub fn buildx_available(sh: &Shell) -> bool {
+    cmd!(sh, "docker buildx version")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_ok()
+}
+
+/// Makes sure the service image `reference` (`name:tag`) exists, building binary and image when
+/// it does not.
+pub fn ensure_service_image(sh: &Shell, name: &str, reference: &str) -> Result<()> {
+    if image_exists(sh, reference) {
+        return Ok(());
+    }
+    println!("image {reference} is missing: building it");
+    let binary = build_service_binary(sh)?;
+    let image = service_image(sh, name)?;
+    build_service_image(sh, &image, &binary)?;
+    if !image_exists(sh, reference) {
+        bail!(
+            "built {} but {reference} still does not exist: run `cargo xtask build`",
+            image.tags()[0]
+        );
+    }
+    Ok(())
+}
+
+// The nginx image.
+
+/// The nginx image to run: `configured` when present or pullable (unless `offline`), else one
+/// built from Debian's packages (built now if needed).
+pub fn resolve_nginx_image(sh: &Shell, configured: &str, offline: bool) -> Result<String> {
+    if !offline && image_exists(sh, configured) {
+        return Ok(configured.to_owned());
+    }
+    if image_exists(sh, DEBIAN_NGINX_IMAGE) {
+        return Ok(DEBIAN_NGINX_IMAGE.to_owned());
+    }
+    if !offline {
+        println!(
+            "pulling {configured} (at most {} s)…",
+            PULL_TIMEOUT.as_secs()
+        );
+        match pull(configured, PULL_TIMEOUT) {
+            Ok(()) => {
+                println!("pulled {configured}");
+                return Ok(configured.to_owned());
+            }
+            Err(err) => println!(
+                "cannot pull {configured} ({err:#}): building nginx from Debian's packages"
+            ),
+        }
+    }
+    build_debian_nginx(sh, DEBIAN_NGINX_IMAGE)?;
+    Ok(DEBIAN_NGINX_IMAGE.to_owned())
+}
+
+fn pull(image: &str, timeout: Duration) -> Result<()> {
+    let mut child = Command::new("docker")
+        .args(["pull", "--quiet", image])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run docker pull")?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().context("wait for docker pull")? {
+            if status.success() {
+                return Ok(());
+            }
+            let mut err = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+            }
+            bail!("{}", err.trim());
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("no answer within {} s", timeout.as_secs());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Builds an nginx image named `image` from Debian's packages, without any registry.
+pub fn build_debian_nginx(sh: &Shell, image: &str) -> Result<()> {
+    setup::ensure_commands(sh, &[setup::DEBOOTSTRAP])?;
+    let is_root = cmd!(sh, "id -u")
+        .quiet()
+        .read()
+        .map(|uid| uid.trim() == "0")
+        .unwrap_or(false);
+    if !is_root {
+        bail!("building the nginx image with debootstrap needs root: run `sudo cargo xtask build --offline`");
+    }
+    let mirror = debian_mirror()?;
+    let dir = std::env::temp_dir().join(format!("mldeploy-nginx-rootfs-{}", std::process::id()));
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    }
+    println!(
+        "building {image} from Debian {DEBIAN_SUITE}'s nginx (debootstrap, takes a minute or two)…"
+    );
+    let started = Instant::now();
+    let result = (|| {
+        let suite = DEBIAN_SUITE;
+        cmd!(
+            sh,
+            "debootstrap --variant=minbase --include=nginx {suite} {dir} {mirror}"
+        )
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .context("debootstrap a minimal Debian with nginx")?;
+        trim_rootfs(&dir)?;
+        import_rootfs(&dir, image)
+    })();
+    let _ = fs::remove_dir_all(&dir);
+    result?;
+    println!(
+        "built {image} in {:.0} s: {:.1} MB",
+        started.elapsed().as_secs_f64(),
+        image_size(sh, image)? as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// Removes what a container never needs: package caches, documentation, translations.
+fn trim_rootfs(dir: &Path) -> Result<()> {
+    for rel in [
+        "var/cache/apt",
+        "var/lib/apt/lists",
+        "usr/share/doc",
+        "usr/share/man",
+        "usr/share/locale",
+        "usr/share/info",
+    ] {
+        let path = dir.join(rel);
+        if path.exists() {
+            fs::remove_dir_all(&path).with_context(|| format!("remove {}", path.display()))?;
+            fs::create_dir_all(&path).with_context(|| format!("recreate {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `tar -C <dir> -c . | docker import - <image>`, the pipe made here.
+fn import_rootfs(dir: &Path, image: &str) -> Result<()> {
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .args(["--numeric-owner", "-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("run tar")?;
+    let tar_out = tar.stdout.take().context("tar's stdout")?;
+    let import = Command::new("docker")
+        .args([
+            "import",
+            "--change",
+            r#"CMD ["nginx", "-g", "daemon off;"]"#,
+            "--change",
+            "EXPOSE 80",
+            "-",
+            image,
+        ])
+        .stdin(Stdio::from(tar_out))
+        .stdout(Stdio::null())
+        .status()
+        .context("run docker import")?;
+    let tar_status = tar.wait().context("wait for tar")?;
+    if !tar_status.success() {
+        bail!("tar of {} failed ({tar_status})", dir.display());
+    }
+    if !import.success() {
+        bail!("docker import of {} failed ({import})", dir.display());
+    }
+    Ok(())
+}
+
+/// The Debian mirror this machine's apt uses (`/etc/apt/sources.list` and `sources.list.d`).
+pub fn debian_mirror() -> Result<String> {
+    let mut sources = Vec::new();
+    if let Ok(text) = fs::read_to_string("/etc/apt/sources.list") {
+        sources.push(("sources.list".to_owned(), text));
+    }
+    if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths {
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            if name.ends_with(".list") || name.ends_with(".sources") {
+                if let Ok(text) = fs::read_to_string(&path) {
+                    sources.push((name, text));
+                }
+            }
+        }
+    }
+    match mirror_from_sources(&sources) {
+        Some(mirror) => Ok(mirror),
+        None => bail!(
+            "no Debian mirror in /etc/apt/sources.list or /etc/apt/sources.list.d: add one, or pull an \
+             nginx image and set `compose.nginx_image`"
+        ),
+    }
+}
+
+/// The first Debian archive URI (not the security archive) in apt source files, given as
+/// `(file name, text)`: one-line `deb URI suite …` entries in `*.list`, deb822 stanzas in
+/// `*.sources`.
+pub fn mirror_from_sources(sources: &[(String, String)]) -> Option<String> {
+    let usable = |uri: &str| {
+        (uri.starts_with("http://") || uri.starts_with("https://"))
+            && uri.contains("/debian")
+            && !uri.contains("security")
+    };
+    for (name, text) in sources {
+        if name.ends_with(".sources") {
+            for stanza in text.split("\n\n") {
+                let field = |key: &str| {
+                    stanza.lines().find_map(|line| {
+                        let (k, v) = line.split_once(':')?;
+                        (k.trim().eq_ignore_ascii_case(key)).then(|| v.trim().to_owned())
+                    })
+                };
+                let is_deb =
+                    field("Types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
+                let enabled = field("Enabled").is_none_or(|e| e != "no");
+                if let (true, true, Some(uris)) = (is_deb, enabled, field("URIs")) {
+                    if let Some(uri) = uris.split_whitespace().find(|u| usable(u)) {
+                        return Some(uri.trim_end_matches('/').to_owned());
+                    }
+                }
+            }
+        } else {
+            for line in text.lines() {
+                let mut words = line.split_whitespace().filter(|w| !w.is_empty());
+                if words.next() != Some("deb") {
+                    continue;
+                }
+                let mut rest: Vec<&str> = words.collect();
+                if rest.first().is_some_and(|w| w.starts_with('[')) {
+                    let end = rest.iter().position(|w| w.ends_with(']')).unwrap_or(0);
+                    rest.drain(..=end);
+                }
+                if let Some(uri) = rest.first().filter(|u| usable(u)) {
+                    return Some(uri.trim_end_matches('/').to_owned());
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(name: &str, text: &str) -> (String, String) {
+        (name.to_owned(), text.to_owned())
+    }
+
+    #[test]
+    fn mirror_from_a_deb822_file_skips_security() {
+        let text = "Types: deb\nURIs: http://security.mirror.example/debian-security\nSuites: bookworm-security\n\n\
+                    Types: deb\n# a comment\nURIs: http://mirror.example/debian/\nSuites: bookworm bookworm-updates\n";
+        assert_eq!(
+            mirror_from_sources(&[src("debian.sources", text)]).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+    }
+
+    #[test]
+    fn mirror_from_a_one_line_list_with_options() {
+        let text = "# deb http://old.example/debian bookworm main\n\
+                    deb-src http://src.example/debian bookworm main\n\
+                    deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian bookworm main\n";
+        assert_eq!(
+            mirror_from_sources(&[src("sources.list", text)]).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+    }
+
+    #[test]
+    fn no_mirror_when_none_is_debian() {
+        let text = "deb http://apt.example/node stable main\n";
+        assert_eq!(mirror_from_sources(&[src("node.list", text)]), None);
+        assert_eq!(
+            mirror_from_sources(&[src(
+                "x.sources",
+                "Types: deb\nEnabled: no\nURIs: http://m.example/debian\n"
+            )]),
+            None
+        );
+    }
+
+    #[test]
+    fn crate_version_reads_the_package_table() {
+        assert_eq!(
+            crate_version("[package]\nname = \"service\"\nversion = \"0.3.1\"\n").unwrap(),
+            "0.3.1"
+        );
+        assert!(crate_version("[package]\nversion.workspace = true\n").is_err());
+    }
+
+    #[test]
+    fn tags_and_labels_carry_version_and_revision() {
+        let image = ServiceImage {
+            name: "ml-service".into(),
+            version: "0.1.0".into(),
+            revision: "abc1234".into(),
+            source: None,
+        };
+        assert_eq!(
+            image.tags(),
+            [
+                "ml-service:0.1.0-abc1234".to_owned(),
+                "ml-service:latest".to_owned()
+            ]
+        );
+        let labels = image.labels();
+        assert!(labels.contains(&("org.opencontainers.image.revision".into(), "abc1234".into())));
+        assert!(!labels.iter().any(|(k, _)| k.ends_with(".source")));
+    }
+}
