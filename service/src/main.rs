@@ -1,1 +1,104 @@
-fn main() {}
+//! `ml-service`: serves the model named by `MODEL_PATH` on `HOST:PORT`.
+//!
+//! - `ml-service`: load and verify the model (refuse to start on any problem), listen, serve
+//!   until SIGTERM or SIGINT, drain in-flight requests (at most `SHUTDOWN_TIMEOUT_SECS`), exit 0;
+//! - `ml-service healthcheck`: ask this service's own `/health` on `PORT`; exit 0 if healthy.
+
+use std::process::ExitCode;
+
+use service::{
+    config::Config,
+    healthcheck,
+    model::Model,
+    server::{shutdown_signal, Server},
+    telemetry,
+};
+
+const USAGE: &str = "usage: ml-service [healthcheck]
+  (no argument)  serve the model; environment: MODEL_PATH, MODEL_VERSION, HOST, PORT, SHUTDOWN_TIMEOUT_SECS, RUST_LOG, LOG_FORMAT
+  healthcheck    check http://127.0.0.1:$PORT/health and exit 0 if healthy, 1 otherwise";
+
+fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        None | Some("serve") => serve(),
+        Some("healthcheck") => healthcheck(),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some(other) => {
+            eprintln!("error: unknown command {other:?}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve() -> ExitCode {
+    telemetry::init();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => return refuse(&format!("{err:#}")),
+    };
+    let model = match Model::load(&config.model_path, config.model_version.as_deref()) {
+        Ok(model) => model,
+        Err(err) => return refuse(&err.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return refuse(&format!("cannot start the async runtime: {err}")),
+    };
+    runtime.block_on(async {
+        let server = match Server::bind(&config, model).await {
+            Ok(server) => server,
+            Err(err) => {
+                return refuse(&format!(
+                    "cannot listen on {}:{}: {err}",
+                    config.host, config.port
+                ))
+            }
+        };
+        let model = &server.state().model;
+        tracing::info!(
+            addr = %server.local_addr(),
+            version = model.version(),
+            model_path = %config.model_path.display(),
+            "listening"
+        );
+        match server.run_until(shutdown_signal()).await {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(error = %err, "server failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn refuse(reason: &str) -> ExitCode {
+    tracing::error!(reason, "refusing to start");
+    eprintln!("error: refusing to start: {reason}");
+    ExitCode::FAILURE
+}
+
+fn healthcheck() -> ExitCode {
+    let port = match Config::from_env() {
+        Ok(config) => config.port,
+        Err(err) => {
+            eprintln!("unhealthy: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match healthcheck::check(port, healthcheck::TIMEOUT) {
+        Ok(body) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            eprintln!("{reason}");
+            ExitCode::FAILURE
+        }
+    }
+}

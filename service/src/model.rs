@@ -93,12 +93,32 @@ pub struct DataInfo {
 /// Why a model could not be loaded. Each message names the file and says what to do.
 #[derive(Debug)]
 pub enum LoadError {
-    Missing { path: PathBuf, what: &'static str },
-    Read { path: PathBuf, source: std::io::Error },
-    Parse { path: PathBuf, source: serde_json::Error },
-    Checksum { path: PathBuf, expected: String, actual: String },
-    VersionMismatch { expected: String, actual: String, path: PathBuf },
-    Shape { path: PathBuf, detail: String },
+    Missing {
+        path: PathBuf,
+        what: &'static str,
+    },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    VersionMismatch {
+        expected: String,
+        actual: String,
+        path: PathBuf,
+    },
+    Shape {
+        path: PathBuf,
+        detail: String,
+    },
 }
 
 impl fmt::Display for LoadError {
@@ -150,8 +170,11 @@ impl Model {
     pub fn load(path: &Path, expected_version: Option<&str>) -> Result<Model, LoadError> {
         let (model_path, metadata_path) = resolve(path)?;
         let metadata_bytes = read(&metadata_path, "model metadata")?;
-        let metadata: Metadata = serde_json::from_slice(&metadata_bytes)
-            .map_err(|source| LoadError::Parse { path: metadata_path.clone(), source })?;
+        let metadata: Metadata =
+            serde_json::from_slice(&metadata_bytes).map_err(|source| LoadError::Parse {
+                path: metadata_path.clone(),
+                source,
+            })?;
         let model_bytes = read(&model_path, "model file")?;
         let actual = sha256_hex(&model_bytes);
         if actual != metadata.model_sha256 {
@@ -170,9 +193,15 @@ impl Model {
                 });
             }
         }
-        let fitted: FittedModel = serde_json::from_slice(&model_bytes)
-            .map_err(|source| LoadError::Parse { path: model_path.clone(), source })?;
-        Model::from_fitted(&fitted, metadata).map_err(|detail| LoadError::Shape { path: model_path, detail })
+        let fitted: FittedModel =
+            serde_json::from_slice(&model_bytes).map_err(|source| LoadError::Parse {
+                path: model_path.clone(),
+                source,
+            })?;
+        Model::from_fitted(&fitted, metadata).map_err(|detail| LoadError::Shape {
+            path: model_path,
+            detail,
+        })
     }
 
     /// Extracts the parameters of a fitted model; fails unless it is a 4-feature, 3-class model
@@ -188,10 +217,16 @@ impl Model {
             ));
         }
         if fitted.classes() != [0, 1, 2] {
-            return Err(format!("expected classes [0, 1, 2], found {:?}", fitted.classes()));
+            return Err(format!(
+                "expected classes [0, 1, 2], found {:?}",
+                fitted.classes()
+            ));
         }
         if metadata.class_labels.len() != N_CLASSES {
-            return Err(format!("expected {N_CLASSES} class labels, found {}", metadata.class_labels.len()));
+            return Err(format!(
+                "expected {N_CLASSES} class labels, found {}",
+                metadata.class_labels.len()
+            ));
         }
         let mut weights = [[0.0; N_CLASSES]; N_FEATURES];
         for (j, row) in weights.iter_mut().enumerate() {
@@ -200,10 +235,19 @@ impl Model {
             }
         }
         let intercept = [intercept[0], intercept[1], intercept[2]];
-        if weights.iter().flatten().chain(&intercept).any(|v| !v.is_finite()) {
+        if weights
+            .iter()
+            .flatten()
+            .chain(&intercept)
+            .any(|v| !v.is_finite())
+        {
             return Err("the parameters contain a non-finite number".to_owned());
         }
-        Ok(Model { metadata, weights, intercept })
+        Ok(Model {
+            metadata,
+            weights,
+            intercept,
+        })
     }
 
     pub fn version(&self) -> &str {
@@ -241,7 +285,10 @@ impl Model {
                 class = k;
             }
         }
-        Prediction { class, probabilities: z }
+        Prediction {
+            class,
+            probabilities: z,
+        }
     }
 }
 
@@ -254,16 +301,25 @@ pub fn resolve(path: &Path) -> Result<(PathBuf, PathBuf), LoadError> {
         let dir = path.parent().unwrap_or(Path::new("."));
         Ok((path.to_path_buf(), dir.join(METADATA_FILE)))
     } else {
-        Err(LoadError::Missing { path: path.to_path_buf(), what: "model (MODEL_PATH)" })
+        Err(LoadError::Missing {
+            path: path.to_path_buf(),
+            what: "model (MODEL_PATH)",
+        })
     }
 }
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, LoadError> {
     std::fs::read(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
-            LoadError::Missing { path: path.to_path_buf(), what }
+            LoadError::Missing {
+                path: path.to_path_buf(),
+                what,
+            }
         } else {
-            LoadError::Read { path: path.to_path_buf(), source }
+            LoadError::Read {
+                path: path.to_path_buf(),
+                source,
+            }
         }
     })
 }

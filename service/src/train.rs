@@ -24,8 +24,8 @@ use linfa_logistic::MultiLogisticRegression;
 use ndarray::{Array1, Array2, Axis};
 
 use crate::model::{
-    sha256_hex, ClassMetrics, DataInfo, FittedModel, Hyperparameters, Metadata, Metrics, Model, Split,
-    METADATA_FILE, MODEL_FILE, N_CLASSES,
+    sha256_hex, ClassMetrics, DataInfo, FittedModel, Hyperparameters, Metadata, Metrics, Model,
+    Split, METADATA_FILE, MODEL_FILE, N_CLASSES,
 };
 
 /// The seed of the train/test shuffle, shared by every version so they see the same rows.
@@ -37,8 +37,12 @@ pub const DEFAULT_MIN_ACCURACY: f64 = 0.9;
 /// The class labels, in class-index order.
 pub const CLASS_LABELS: [&str; N_CLASSES] = ["setosa", "versicolor", "virginica"];
 /// The feature names, in input order.
-pub const FEATURE_NAMES: [&str; 4] =
-    ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"];
+pub const FEATURE_NAMES: [&str; 4] = [
+    "sepal length (cm)",
+    "sepal width (cm)",
+    "petal length (cm)",
+    "petal width (cm)",
+];
 
 /// A named set of hyperparameters: one per model version.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,7 +79,10 @@ pub fn preset(version: &str) -> Result<Preset> {
         Some(p) => Ok(*p),
         None => {
             let known: Vec<&str> = PRESETS.iter().map(|p| p.version).collect();
-            bail!("no training preset for version {version:?}: choose one of {}", known.join(", "))
+            bail!(
+                "no training preset for version {version:?}: choose one of {}",
+                known.join(", ")
+            )
         }
     }
 }
@@ -136,8 +143,14 @@ pub fn train(preset: &Preset) -> Result<Trained> {
     let order = shuffled_indices(rows, SPLIT_SEED);
     let test_size = (rows as f64 * TEST_FRACTION).round() as usize;
     let (test_idx, train_idx) = order.split_at(test_size);
-    let (train_x, train_y) = (records.select(Axis(0), train_idx), targets.select(Axis(0), train_idx));
-    let (test_x, test_y) = (records.select(Axis(0), test_idx), targets.select(Axis(0), test_idx));
+    let (train_x, train_y) = (
+        records.select(Axis(0), train_idx),
+        targets.select(Axis(0), train_idx),
+    );
+    let (test_x, test_y) = (
+        records.select(Axis(0), test_idx),
+        targets.select(Axis(0), test_idx),
+    );
 
     let h = preset.hyperparameters;
     let fitted: FittedModel = MultiLogisticRegression::default()
@@ -181,20 +194,31 @@ pub fn train(preset: &Preset) -> Result<Trained> {
         model_sha256: sha256_hex(model_json.as_bytes()),
     };
     // The service must be able to load what we write.
-    Model::from_fitted(&fitted, metadata.clone()).map_err(anyhow::Error::msg).context("check the fitted model")?;
-    let mut metadata_json = serde_json::to_string_pretty(&metadata).context("serialize the metadata")?;
+    Model::from_fitted(&fitted, metadata.clone())
+        .map_err(anyhow::Error::msg)
+        .context("check the fitted model")?;
+    let mut metadata_json =
+        serde_json::to_string_pretty(&metadata).context("serialize the metadata")?;
     metadata_json.push('\n');
-    Ok(Trained { metadata, model_json, metadata_json })
+    Ok(Trained {
+        metadata,
+        model_json,
+        metadata_json,
+    })
 }
 
 /// Writes both files into `dir`, each atomically (temporary file, then rename).
 pub fn write(dir: &Path, trained: &Trained) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    for (name, contents) in [(MODEL_FILE, &trained.model_json), (METADATA_FILE, &trained.metadata_json)] {
+    for (name, contents) in [
+        (MODEL_FILE, &trained.model_json),
+        (METADATA_FILE, &trained.metadata_json),
+    ] {
         let target = dir.join(name);
         let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, contents).with_context(|| format!("write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &target).with_context(|| format!("rename {} to {}", tmp.display(), target.display()))?;
+        std::fs::rename(&tmp, &target)
+            .with_context(|| format!("rename {} to {}", tmp.display(), target.display()))?;
     }
     Ok(())
 }
@@ -238,10 +262,20 @@ fn accuracy(pred: &Array1<usize>, truth: &Array1<usize>) -> f64 {
 fn per_class(pred: &Array1<usize>, truth: &Array1<usize>) -> Vec<ClassMetrics> {
     (0..N_CLASSES)
         .map(|k| {
-            let tp = pred.iter().zip(truth).filter(|&(&p, &t)| p == k && t == k).count();
+            let tp = pred
+                .iter()
+                .zip(truth)
+                .filter(|&(&p, &t)| p == k && t == k)
+                .count();
             let predicted = pred.iter().filter(|&&p| p == k).count();
             let support = truth.iter().filter(|&&t| t == k).count();
-            let ratio = |num: usize, den: usize| if den == 0 { 0.0 } else { num as f64 / den as f64 };
+            let ratio = |num: usize, den: usize| {
+                if den == 0 {
+                    0.0
+                } else {
+                    num as f64 / den as f64
+                }
+            };
             ClassMetrics {
                 label: CLASS_LABELS[k].to_owned(),
                 precision: ratio(tp, predicted),

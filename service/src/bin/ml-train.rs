@@ -9,7 +9,8 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{bail, Context, Result};
 use service::train::{self, Options, DEFAULT_MIN_ACCURACY};
 
-const USAGE: &str = "usage: ml-train [--version v1.0.0|v1.1.0] [--out-dir models] [--force] [--min-accuracy 0.9]";
+const USAGE: &str =
+    "usage: ml-train [--version v1.0.0|v1.1.0] [--out-dir models] [--force] [--min-accuracy 0.9]";
 
 fn main() -> ExitCode {
     match try_main() {
@@ -44,15 +45,19 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
         min_accuracy: DEFAULT_MIN_ACCURACY,
     };
     while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value; {USAGE}"));
+        let mut value = |name: &str| {
+            args.next()
+                .with_context(|| format!("{name} needs a value; {USAGE}"))
+        };
         match arg.as_str() {
             "--version" => options.version = value("--version")?,
             "--out-dir" => options.out_dir = PathBuf::from(value("--out-dir")?),
             "--force" => options.force = true,
             "--min-accuracy" => {
                 let raw = value("--min-accuracy")?;
-                options.min_accuracy =
-                    raw.parse().with_context(|| format!("--min-accuracy {raw:?} is not a number"))?;
+                options.min_accuracy = raw
+                    .parse()
+                    .with_context(|| format!("--min-accuracy {raw:?} is not a number"))?;
             }
             "-h" | "--help" => {
                 println!("{USAGE}");

@@ -1,0 +1,69 @@
+//! `ml-service healthcheck`: asks this service's own `/health` and reports, for container health
+//! checks in an image that has no shell and no curl.
+//!
+//! Steps: connect to 127.0.0.1:`PORT`; send `GET /health`; succeed on a 200 whose body says
+//! `"status":"ok"`. Plain `std::net`, so it works in a static binary with no `/etc` files.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    time::Duration,
+};
+
+/// How long the whole check may take.
+pub const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Checks `http://127.0.0.1:{port}/health`. Returns the body on success, the reason otherwise.
+pub fn check(port: u16, timeout: Duration) -> Result<String, String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|err| format!("cannot connect to {addr}: {err}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|err| err.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|err| err.to_string())?;
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .map_err(|err| format!("cannot send the request to {addr}: {err}"))?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|err| format!("no answer from {addr}: {err}"))?;
+    judge(&String::from_utf8_lossy(&raw))
+}
+
+/// Whether a raw HTTP response is a healthy answer. Returns the body, or why it is not.
+pub fn judge(response: &str) -> Result<String, String> {
+    let status_line = response.lines().next().unwrap_or("");
+    let status = status_line.split_whitespace().nth(1).unwrap_or("");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("");
+    if status != "200" {
+        return Err(format!("unhealthy: {status_line:?}"));
+    }
+    let value: serde_json::Value = serde_json::from_str(body.trim())
+        .map_err(|err| format!("unhealthy: the body is not JSON ({err})"))?;
+    if value.get("status").and_then(|s| s.as_str()) != Some("ok") {
+        return Err(format!("unhealthy: {body}"));
+    }
+    Ok(body.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_200_saying_ok_is_healthy() {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"status\":\"ok\",\"version\":\"v1.0.0\"}";
+        assert!(judge(ok).unwrap().contains("v1.0.0"));
+        assert!(judge("HTTP/1.1 503 Service Unavailable\r\n\r\n{}").is_err());
+        assert!(judge("HTTP/1.1 200 OK\r\n\r\n{\"status\":\"starting\"}").is_err());
+        assert!(judge("HTTP/1.1 200 OK\r\n\r\nnot json").is_err());
+        assert!(judge("").is_err());
+    }
+}
