@@ -130,6 +130,10 @@ pub struct Up {
     /// The model version green serves.
     #[arg(long)]
     pub green: Option<String>,
+    /// Use this static nginx config instead of the one rendered from the deploy configuration
+    /// (it must keep the routing of `nginx/nginx.conf`). Applied only if `nginx -t` accepts it.
+    #[arg(long)]
+    pub nginx_conf: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

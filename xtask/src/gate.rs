@@ -1,1 +1,193 @@
-//! Gates: checks a color must pass before it gets traffic.
+//! Gates: checks a color must pass before it gets traffic. A failed gate leaves traffic alone.
+//!
+//! Steps of [`check_color`], each a named gate so the error says which one failed and why:
+//! 1. `health`: `GET /health` answers 200 `{"status":"ok","version":<expected>}`;
+//! 2. `predictions`: the golden Iris rows are classified as expected (a model-aware gate);
+//! 3. `bad-input`: malformed JSON and a wrong feature count get a 4xx, not a 5xx.
+//!
+//! The checks of each reply are pure functions ([`check_health`], [`check_prediction`]).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+/// Rows every model version must classify correctly: features, class index, label.
+pub const GOLDEN: [([f64; 4], u64, &str); 3] = [
+    ([5.1, 3.5, 1.4, 0.2], 0, "setosa"),
+    ([7.0, 3.2, 4.7, 1.4], 1, "versicolor"),
+    ([6.3, 3.3, 6.0, 2.5], 2, "virginica"),
+];
+
+/// The header every service response carries.
+pub const VERSION_HEADER: &str = "x-model-version";
+/// The header the balancer adds: the color that answered.
+pub const SERVED_BY_HEADER: &str = "x-served-by";
+
+/// An HTTP client for gates and checks: short timeouts, no proxy from the environment.
+pub fn client() -> Result<Client> {
+    Client::builder()
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+        .context("build the HTTP client")
+}
+
+/// Runs every gate against the color at `url` (named `who` in errors), expecting `version`.
+pub fn check_color(client: &Client, who: &str, url: &str, version: &str) -> Result<()> {
+    let reply = health(client, url).with_context(|| format!("gate `health` failed for {who}"))?;
+    check_health(reply.0, &reply.1, Some(version))
+        .with_context(|| format!("gate `health` failed for {who}"))?;
+    golden(client, url).with_context(|| format!("gate `predictions` failed for {who}"))?;
+    bad_input(client, url).with_context(|| format!("gate `bad-input` failed for {who}"))?;
+    Ok(())
+}
+
+/// `GET /health`: the status code and the body.
+pub fn health(client: &Client, url: &str) -> Result<(u16, String)> {
+    let response = client
+        .get(format!("{url}/health"))
+        .send()
+        .with_context(|| format!("no answer from {url}/health"))?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().unwrap_or_default()))
+}
+
+/// The version a healthy color reports, or why it is not healthy.
+pub fn healthy_version(client: &Client, url: &str) -> Result<String> {
+    let (status, body) = health(client, url)?;
+    check_health(status, &body, None)
+}
+
+/// Checks a `/health` reply; returns the version it reports.
+pub fn check_health(status: u16, body: &str, expected: Option<&str>) -> Result<String> {
+    if status != 200 {
+        bail!("/health answered {status}: {}", body.trim());
+    }
+    let value: Value = serde_json::from_str(body)
+        .with_context(|| format!("/health answered non-JSON: {body:?}"))?;
+    if value["status"] != "ok" {
+        bail!("/health reports status {}", value["status"]);
+    }
+    let Some(version) = value["version"].as_str() else {
+        bail!("/health reports no version: {body}")
+    };
+    if let Some(expected) = expected {
+        if version != expected {
+            bail!("it serves {version}, expected {expected} (deploy {expected} to it, or switch to the color that has it)");
+        }
+    }
+    Ok(version.to_owned())
+}
+
+/// Posts each golden row to `/predict` and checks the class.
+pub fn golden(client: &Client, url: &str) -> Result<()> {
+    for (features, class, label) in GOLDEN {
+        let response = client
+            .post(format!("{url}/predict"))
+            .json(&json!({ "features": features }))
+            .send()
+            .with_context(|| format!("no answer from {url}/predict"))?;
+        let status = response.status().as_u16();
+        let body = response.text().unwrap_or_default();
+        check_prediction(status, &body, &features, class, label)?;
+    }
+    Ok(())
+}
+
+/// Checks one `/predict` reply against the expected class.
+pub fn check_prediction(
+    status: u16,
+    body: &str,
+    features: &[f64; 4],
+    class: u64,
+    label: &str,
+) -> Result<()> {
+    if status != 200 {
+        bail!("/predict {features:?} answered {status}: {}", body.trim());
+    }
+    let value: Value = serde_json::from_str(body)
+        .with_context(|| format!("/predict answered non-JSON: {body:?}"))?;
+    let got = value["class"].as_u64();
+    if got != Some(class) {
+        bail!(
+            "/predict {features:?} gave class {} ({}), expected {class} ({label})",
+            value["class"],
+            value["label"]
+        );
+    }
+    Ok(())
+}
+
+/// Sends bad input; each must get a 4xx.
+pub fn bad_input(client: &Client, url: &str) -> Result<()> {
+    let cases: [(&str, &str); 2] = [
+        ("a wrong feature count", r#"{"features":[1,2]}"#),
+        ("malformed JSON", "{\"features\":"),
+    ];
+    for (what, body) in cases {
+        let response = client
+            .post(format!("{url}/predict"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .with_context(|| format!("no answer from {url}/predict"))?;
+        let status = response.status().as_u16();
+        if !(400..500).contains(&status) {
+            bail!("/predict with {what} answered {status}, expected a 4xx");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_reply_must_be_ok_with_the_expected_version() {
+        let ok = r#"{"status":"ok","version":"v1.1.0","uptime":3}"#;
+        assert_eq!(check_health(200, ok, Some("v1.1.0")).unwrap(), "v1.1.0");
+        assert_eq!(check_health(200, ok, None).unwrap(), "v1.1.0");
+        let cases = [
+            (200, ok, Some("v1.0.0"), "it serves v1.1.0, expected v1.0.0"),
+            (503, "down", None, "/health answered 503"),
+            (200, "<html>", None, "non-JSON"),
+            (
+                200,
+                r#"{"status":"starting","version":"v1"}"#,
+                None,
+                "status \"starting\"",
+            ),
+            (200, r#"{"status":"ok"}"#, None, "no version"),
+        ];
+        for (status, body, expected, message) in cases {
+            let err = check_health(status, body, expected)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(message), "{err:?} lacks {message:?}");
+        }
+    }
+
+    #[test]
+    fn prediction_reply_must_name_the_golden_class() {
+        let row = [5.1, 3.5, 1.4, 0.2];
+        let ok =
+            r#"{"class":0,"label":"setosa","probabilities":[0.9,0.05,0.05],"version":"v1.0.0"}"#;
+        check_prediction(200, ok, &row, 0, "setosa").unwrap();
+        let wrong = r#"{"class":2,"label":"virginica"}"#;
+        let err = check_prediction(200, wrong, &row, 0, "setosa")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gave class 2 (\"virginica\"), expected 0 (setosa)"),
+            "{err}"
+        );
+        let err = check_prediction(500, "boom", &row, 0, "setosa")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("answered 500"), "{err}");
+    }
+}

@@ -1,12 +1,214 @@
-//! TODO: owned by the module's implementer.
+//! `cargo xtask smoke`: check the deployment through the balancer, as a client sees it.
+//!
+//! Steps (each a named check; all run, the summary counts them):
+//! 1. `health`: `/health` through the balancer answers 200 `status: ok`;
+//! 2. `predictions`: the golden Iris rows are classified correctly;
+//! 3. `bad-input`: malformed JSON and a wrong feature count get a 4xx;
+//! 4. `versions`: [`SAMPLES`] requests are answered only by colors the live split routes to,
+//!    each with the version the state records for it; for a split, every color expected to take
+//!    at least 10 of the samples appears.
+//!
+//! One summary line; exit ≠ 0 when any check fails.
 
-use anyhow::{bail, Result};
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
 use xshell::Shell;
 
-use crate::flags;
+use crate::{
+    domain::{Color, DeployState, Split},
+    flags, gate,
+    runtime::Part,
+    switch::{self, Ctx},
+};
+
+/// Requests sampled for the `versions` check.
+pub const SAMPLES: usize = 200;
 
 impl flags::Smoke {
-    pub(crate) fn run(self, _sh: &Shell, _global: &flags::Global) -> Result<()> {
-        bail!("`Smoke` is not implemented yet")
+    pub(crate) fn run(self, sh: &Shell, global: &flags::Global) -> Result<()> {
+        let ctx = Ctx::open(sh, global)?;
+        let url = self
+            .url
+            .clone()
+            .unwrap_or_else(|| ctx.rt.url(Part::Balancer));
+        let live = switch::read_live(&ctx)?;
+        let state = live.state(&ctx.config);
+        let checks: [(&str, Result<String>); 4] = [
+            ("health", health(&ctx, &url)),
+            (
+                "predictions",
+                gate::golden(&ctx.client, &url)
+                    .map(|()| format!("{} golden rows right", gate::GOLDEN.len())),
+            ),
+            (
+                "bad-input",
+                gate::bad_input(&ctx.client, &url).map(|()| "answered 4xx".into()),
+            ),
+            (
+                "versions",
+                sample(&ctx, &url).and_then(|counts| check_versions(&counts, live.split, &state)),
+            ),
+        ];
+        let mut failed = 0;
+        for (name, result) in &checks {
+            match result {
+                Ok(detail) => println!("ok    {name}: {detail}"),
+                Err(err) => {
+                    failed += 1;
+                    println!("FAIL  {name}: {err:#}");
+                }
+            }
+        }
+        let passed = checks.len() - failed;
+        println!(
+            "smoke: {passed}/{} checks passed through {url} (traffic {})",
+            checks.len(),
+            live.split
+        );
+        if failed > 0 {
+            bail!("smoke failed: {failed} check(s) failed (see above; `cargo xtask status` shows the live state)");
+        }
+        Ok(())
+    }
+}
+
+fn health(ctx: &Ctx, url: &str) -> Result<String> {
+    let (status, body) = gate::health(&ctx.client, url)?;
+    let version = gate::check_health(status, &body, None)?;
+    Ok(format!("200, {version}"))
+}
+
+/// Counts answers by (`X-Served-By`, `X-Model-Version`); any non-200 fails.
+fn sample(ctx: &Ctx, url: &str) -> Result<BTreeMap<(String, String), usize>> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..SAMPLES {
+        let response = ctx
+            .client
+            .get(format!("{url}/health"))
+            .send()
+            .context("request through the balancer")?;
+        if response.status() != 200 {
+            bail!(
+                "/health through the balancer answered {}",
+                response.status()
+            );
+        }
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        *counts
+            .entry((header(gate::SERVED_BY_HEADER), header(gate::VERSION_HEADER)))
+            .or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+/// Checks sampled answers against the split and the recorded versions.
+pub fn check_versions(
+    counts: &BTreeMap<(String, String), usize>,
+    split: Split,
+    state: &DeployState,
+) -> Result<String> {
+    let total: usize = counts.values().sum();
+    let mut seen = BTreeMap::new();
+    for ((served, version), n) in counts {
+        let color: Color = served.parse().map_err(|_| {
+            anyhow::anyhow!("{n} answer(s) without a color in X-Served-By ({served:?})")
+        })?;
+        if split.share(color) == 0 {
+            bail!("{n} answer(s) came from {color}, which the split {split} gives no traffic (is a color down?)");
+        }
+        let expected = state.version(color).unwrap_or("?");
+        if version != expected {
+            bail!("{color} answered with {version:?}, but the state records {expected}");
+        }
+        *seen.entry(color).or_insert(0) += n;
+    }
+    for color in split.serving() {
+        let expected = total * usize::from(split.share(color)) / 100;
+        if expected >= 10 && !seen.contains_key(&color) {
+            bail!(
+                "{color} should take {} % of requests but answered none of {total}",
+                split.share(color)
+            );
+        }
+    }
+    let parts: Vec<String> = seen
+        .iter()
+        .map(|(color, n)| {
+            format!(
+                "{color} {} {n}/{total}",
+                state.version(*color).unwrap_or("?")
+            )
+        })
+        .collect();
+    Ok(parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> DeployState {
+        DeployState {
+            generation: 2,
+            split: Split::with(Color::Green, 10),
+            stable: Color::Blue,
+            versions: [
+                (Color::Blue, "v1.0.0".into()),
+                (Color::Green, "v1.1.0".into()),
+            ]
+            .into(),
+            since: String::new(),
+            previous: None,
+        }
+    }
+
+    fn counts(rows: &[(&str, &str, usize)]) -> BTreeMap<(String, String), usize> {
+        rows.iter()
+            .map(|(c, v, n)| ((c.to_string(), v.to_string()), *n))
+            .collect()
+    }
+
+    #[test]
+    fn versions_must_match_the_split_and_the_state() {
+        let split = Split::with(Color::Green, 10);
+        let ok = check_versions(
+            &counts(&[("blue", "v1.0.0", 178), ("green", "v1.1.0", 22)]),
+            split,
+            &state(),
+        )
+        .unwrap();
+        assert_eq!(ok, "blue v1.0.0 178/200, green v1.1.0 22/200");
+        let cases = [
+            (
+                counts(&[("blue", "v1.0.0", 200)]),
+                split,
+                "green should take 10 %",
+            ),
+            (
+                counts(&[("blue", "v1.1.0", 200)]),
+                Split::all(Color::Blue),
+                "blue answered with \"v1.1.0\"",
+            ),
+            (
+                counts(&[("green", "v1.1.0", 5), ("blue", "v1.0.0", 195)]),
+                Split::all(Color::Blue),
+                "came from green",
+            ),
+            (counts(&[("", "v1.0.0", 1)]), split, "without a color"),
+        ];
+        for (counts, split, message) in cases {
+            let err = check_versions(&counts, split, &state())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(message), "{err:?} lacks {message:?}");
+        }
     }
 }

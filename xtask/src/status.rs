@@ -1,18 +1,369 @@
-//! TODO: owned by the module's implementer.
+//! `cargo xtask status` and `cargo xtask history`.
+//!
+//! `status` steps:
+//! 1. read the live state (the route directory decides the split) and the recorded one;
+//! 2. ask each color and the balancer whether they run and what `/health` says;
+//! 3. list every disagreement (recorded vs. routed split, recorded vs. served version, a color
+//!    with traffic that is down, a missing or unreadable route directory);
+//! 4. print it as text, JSON (`--json`) or a Markdown table (`--format markdown`, for CI job
+//!    summaries). The rendering is pure ([`render_text`], [`render_markdown`]).
+//!
+//! `history` prints the operation log, newest last.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use serde::Serialize;
 use xshell::Shell;
 
-use crate::flags;
+use crate::{
+    domain::{Color, Operation, Split},
+    flags::{self, Format},
+    gate, nginx,
+    runtime::Part,
+    switch::{self, Ctx},
+};
+
+/// How many operations `status` shows.
+const RECENT: usize = 5;
+
+/// Everything `status` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub runtime: String,
+    pub balancer: PartReport,
+    /// The split nginx applies now.
+    pub split: Split,
+    /// The active color, absent during a canary split.
+    pub active: Option<Color>,
+    /// The live route generation (0: none).
+    pub generation: u64,
+    /// When the recorded state began.
+    pub since: Option<String>,
+    pub colors: Vec<ColorReport>,
+    /// Disagreements and problems; empty when all is well.
+    pub problems: Vec<String>,
+    pub recent: Vec<Operation>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartReport {
+    pub url: String,
+    pub running: bool,
+    pub healthy: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ColorReport {
+    pub color: Color,
+    pub url: String,
+    /// Percent of requests it takes.
+    pub share: u8,
+    pub running: bool,
+    pub healthy: bool,
+    /// What `/health` reports.
+    pub version: Option<String>,
+    /// What the state records.
+    pub recorded_version: Option<String>,
+}
 
 impl flags::Status {
-    pub(crate) fn run(self, _sh: &Shell, _global: &flags::Global) -> Result<()> {
-        bail!("`Status` is not implemented yet")
+    pub(crate) fn run(self, sh: &Shell, global: &flags::Global) -> Result<()> {
+        let ctx = Ctx::open(sh, global)?;
+        let report = gather(&ctx)?;
+        let format = if self.json { Format::Json } else { self.format };
+        match format {
+            Format::Text => print!("{}", render_text(&report)),
+            Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            Format::Markdown => print!("{}", render_markdown(&report)),
+        }
+        Ok(())
     }
 }
 
 impl flags::History {
-    pub(crate) fn run(self, _sh: &Shell, _global: &flags::Global) -> Result<()> {
-        bail!("`History` is not implemented yet")
+    pub(crate) fn run(self, sh: &Shell, global: &flags::Global) -> Result<()> {
+        let ctx = Ctx::open(sh, global)?;
+        let ops = ctx.operations()?;
+        let recent = &ops[ops.len().saturating_sub(self.limit)..];
+        if recent.is_empty() {
+            println!("history: no operations recorded");
+        }
+        for op in recent {
+            if self.json {
+                println!("{}", serde_json::to_string(op)?);
+            } else {
+                println!("{}", history_line(op));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads the live deployment into a [`Report`].
+pub(crate) fn gather(ctx: &Ctx) -> Result<Report> {
+    let live = switch::read_live(ctx)?;
+    let mut problems: Vec<String> = live.problem.iter().cloned().collect();
+    if let Some(recorded) = &live.recorded {
+        if recorded.split != live.split || recorded.generation != live.generation() {
+            problems.push(format!(
+                "state.json records {} (generation {}) but the route directory routes {} (generation {}); the route directory is what nginx follows, the next operation records it",
+                recorded.split,
+                recorded.generation,
+                live.split,
+                live.generation()
+            ));
+        }
+    } else {
+        problems.push("no recorded state: run `cargo xtask up`".into());
+    }
+    let state = live.state(&ctx.config);
+    let mut colors = Vec::new();
+    for color in Color::ALL {
+        let url = ctx.rt.url(Part::Color(color));
+        let running = ctx.rt.is_running(Part::Color(color)).unwrap_or(false);
+        let version = gate::healthy_version(&ctx.client, &url).ok();
+        let recorded_version = live
+            .recorded
+            .as_ref()
+            .and_then(|s| s.version(color))
+            .map(str::to_owned);
+        let share = live.split.share(color);
+        if version.is_none() && share > 0 {
+            problems.push(format!("{color} takes {share} % of traffic but is not healthy (nginx fails over to the other color)"));
+        }
+        if let (Some(live_v), Some(rec_v)) = (&version, &recorded_version) {
+            if live_v != rec_v {
+                problems.push(format!(
+                    "{color} serves {live_v} but the state records {rec_v}"
+                ));
+            }
+        }
+        colors.push(ColorReport {
+            color,
+            url,
+            share,
+            running,
+            healthy: version.is_some(),
+            version,
+            recorded_version,
+        });
+    }
+    let balancer_url = ctx.rt.url(Part::Balancer);
+    let balancer = PartReport {
+        running: ctx.rt.is_running(Part::Balancer).unwrap_or(false),
+        healthy: ctx
+            .client
+            .get(format!("{balancer_url}{}", nginx::HEALTH_PATH))
+            .send()
+            .is_ok_and(|r| r.status().is_success()),
+        url: balancer_url,
+    };
+    if !balancer.healthy {
+        problems.push("the balancer does not answer: run `cargo xtask up`".into());
+    }
+    let ops = ctx.operations()?;
+    Ok(Report {
+        runtime: ctx.rt.name().into(),
+        balancer,
+        split: live.split,
+        active: live.split.active(),
+        generation: live.generation(),
+        since: live.recorded.map(|_| state.since.clone()),
+        colors,
+        problems,
+        recent: ops[ops.len().saturating_sub(RECENT)..].to_vec(),
+    })
+}
+
+fn health_word(healthy: bool, running: bool) -> &'static str {
+    match (healthy, running) {
+        (true, _) => "healthy",
+        (false, true) => "running, not healthy",
+        (false, false) => "down",
+    }
+}
+
+pub fn render_text(r: &Report) -> String {
+    let mut out = String::new();
+    let active = r.active.map_or_else(
+        || format!("split {}", r.split),
+        |c| format!("{c} takes all traffic"),
+    );
+    out += &format!(
+        "{active} (generation {}, since {})\n",
+        r.generation,
+        r.since.as_deref().unwrap_or("?")
+    );
+    out += &format!(
+        "balancer  {}  {}\n",
+        r.balancer.url,
+        health_word(r.balancer.healthy, r.balancer.running)
+    );
+    for c in &r.colors {
+        out += &format!(
+            "{:<8}  {}  {:>3} %  {}  {}\n",
+            c.color.as_str(),
+            c.url,
+            c.share,
+            c.version
+                .as_deref()
+                .or(c.recorded_version.as_deref())
+                .unwrap_or("?"),
+            health_word(c.healthy, c.running)
+        );
+    }
+    for problem in &r.problems {
+        out += &format!("problem: {problem}\n");
+    }
+    if !r.recent.is_empty() {
+        out += "recent operations:\n";
+        for op in &r.recent {
+            out += &format!("  {}\n", history_line(op));
+        }
+    }
+    out
+}
+
+pub fn render_markdown(r: &Report) -> String {
+    let mut out = String::from("### Deploy status\n\n");
+    out += &format!(
+        "Traffic: **{}** · route generation {} · runtime {} · since {}\n\n",
+        r.split,
+        r.generation,
+        r.runtime,
+        r.since.as_deref().unwrap_or("?")
+    );
+    out += "| part | url | share | version | health |\n| --- | --- | ---: | --- | --- |\n";
+    out += &format!(
+        "| balancer | {} | | | {} |\n",
+        r.balancer.url,
+        health_word(r.balancer.healthy, r.balancer.running)
+    );
+    for c in &r.colors {
+        out += &format!(
+            "| {} | {} | {} % | {} | {} |\n",
+            c.color,
+            c.url,
+            c.share,
+            c.version
+                .as_deref()
+                .or(c.recorded_version.as_deref())
+                .unwrap_or("?"),
+            health_word(c.healthy, c.running)
+        );
+    }
+    if !r.problems.is_empty() {
+        out += "\n**Problems**\n\n";
+        for problem in &r.problems {
+            out += &format!("- {problem}\n");
+        }
+    }
+    if !r.recent.is_empty() {
+        out += "\n| time | operation | from | to | result | seconds |\n| --- | --- | --- | --- | --- | ---: |\n";
+        for op in &r.recent {
+            out += &format!(
+                "| {} | {} | {} | {} | {} | {:.2} |\n",
+                op.time, op.operation, op.from, op.to, op.result, op.duration_secs
+            );
+        }
+    }
+    out
+}
+
+/// One operation as a line of text.
+pub fn history_line(op: &Operation) -> String {
+    let mut line = format!(
+        "{}  {:<8}  {} → {}  {}  {:.2} s  gen {}",
+        op.time, op.operation, op.from, op.to, op.result, op.duration_secs, op.generation
+    );
+    if let Some(reason) = &op.reason {
+        line += &format!("  ({})", reason.lines().next().unwrap_or(""));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Outcome;
+
+    fn example() -> Report {
+        let op = Operation {
+            time: "2026-01-02T03:04:05Z".into(),
+            operation: "canary".into(),
+            runtime: "local".into(),
+            from: Split::all(Color::Blue),
+            to: Split::with(Color::Green, 10),
+            split: Split::with(Color::Green, 10),
+            versions: [
+                (Color::Blue, "v1.0.0".into()),
+                (Color::Green, "v1.1.0".into()),
+            ]
+            .into(),
+            result: Outcome::Ok,
+            duration_secs: 0.04,
+            generation: 4,
+            reason: None,
+        };
+        Report {
+            runtime: "local".into(),
+            balancer: PartReport {
+                url: "http://127.0.0.1:8080".into(),
+                running: true,
+                healthy: true,
+            },
+            split: Split::with(Color::Green, 10),
+            active: None,
+            generation: 4,
+            since: Some("2026-01-02T03:04:05Z".into()),
+            colors: vec![
+                ColorReport {
+                    color: Color::Blue,
+                    url: "http://127.0.0.1:8081".into(),
+                    share: 90,
+                    running: true,
+                    healthy: true,
+                    version: Some("v1.0.0".into()),
+                    recorded_version: Some("v1.0.0".into()),
+                },
+                ColorReport {
+                    color: Color::Green,
+                    url: "http://127.0.0.1:8082".into(),
+                    share: 10,
+                    running: false,
+                    healthy: false,
+                    version: None,
+                    recorded_version: Some("v1.1.0".into()),
+                },
+            ],
+            problems: vec!["green takes 10 % of traffic but is not healthy".into()],
+            recent: vec![op],
+        }
+    }
+
+    #[test]
+    fn renderings_match_golden_files() {
+        let root = crate::util::project_root().join("xtask/test_data");
+        for (name, text) in [
+            ("status.txt", render_text(&example())),
+            ("status.md", render_markdown(&example())),
+        ] {
+            if std::env::var_os("UPDATE_GOLDEN").is_some() {
+                std::fs::write(root.join(name), &text).unwrap();
+            }
+            assert_eq!(
+                std::fs::read_to_string(root.join(name)).unwrap_or_default(),
+                text,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_report_names_split_and_problems() {
+        let json = serde_json::to_value(example()).unwrap();
+        assert_eq!(json["split"], serde_json::json!({"blue": 90, "green": 10}));
+        assert_eq!(json["active"], serde_json::Value::Null);
+        assert_eq!(json["colors"][1]["healthy"], false);
+        assert_eq!(json["problems"].as_array().unwrap().len(), 1);
     }
 }

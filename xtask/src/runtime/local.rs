@@ -53,11 +53,6 @@ impl Local {
         })
     }
 
-    /// The state directory (absolute).
-    pub fn state_dir(&self) -> &Path {
-        &self.state
-    }
-
     fn path(&self, rel: &str) -> PathBuf {
         self.state.join(rel)
     }
