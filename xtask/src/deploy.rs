@@ -130,6 +130,11 @@ fn prepare(ctx: &Ctx, color: Color, version: &str) -> Result<()> {
 /// the caller is already failing with the reason that matters).
 fn restore(ctx: &Ctx, color: Color, old: Option<&str>) {
     let Some(old) = old else { return };
+    let url = ctx.rt.url(Part::Color(color));
+    if gate::healthy_version(&ctx.client, &url).ok().as_deref() == Some(old) {
+        println!("{color} still serves {old}");
+        return;
+    }
     println!("restoring {color} to {old}…");
     let restored = ctx
         .rt

@@ -1,0 +1,192 @@
+//! What the traffic controls refuse, and what they report, against real nginx and `ml-service`.
+
+mod common;
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    process::{Command, Stdio},
+};
+
+use common::{service_bin, wait_until, Deployment};
+use serde_json::json;
+
+#[test]
+fn switch_to_a_color_that_is_down_is_refused_and_traffic_stays() {
+    let d = Deployment::up("down-color");
+    d.kill("green");
+    let out = d.fails(&["switch"]);
+    assert!(out.contains("gate `health` failed for green"), "{out}");
+    assert!(out.contains("traffic stays blue"), "{out}");
+    assert_eq!(d.status()["split"], json!({"blue": 100, "green": 0}));
+    assert_eq!(d.served().0, "blue");
+    let history = d.ok(&["history", "--json"]);
+    assert!(
+        history
+            .lines()
+            .last()
+            .unwrap()
+            .contains(r#""result":"refused""#),
+        "{history}"
+    );
+}
+
+#[test]
+fn switch_to_a_color_serving_the_wrong_version_is_refused() {
+    let d = Deployment::up("wrong-version");
+    d.kill("green");
+    // Something else answers on green's port: the other model version.
+    let mut impostor = Command::new(service_bin())
+        .env("MODEL_PATH", common::project_root().join("models/v1.0.0"))
+        .env("MODEL_VERSION", "v1.0.0")
+        .env("PORT", d.ports[2].to_string())
+        .env("HOST", "127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = common::client();
+    wait_until("the impostor answers", || {
+        client
+            .get(format!("{}/health", d.color_url("green")))
+            .send()
+            .is_ok()
+    });
+    let out = d.fails(&["switch", "--to", "green"]);
+    impostor.kill().unwrap();
+    impostor.wait().unwrap();
+    assert!(out.contains("it serves v1.0.0, expected v1.1.0"), "{out}");
+    assert_eq!(d.status()["split"], json!({"blue": 100, "green": 0}));
+}
+
+#[test]
+fn broken_static_config_is_refused_by_nginx_and_the_old_one_stays() {
+    let d = Deployment::up("broken-config");
+    let conf = d.state.join("nginx/nginx.conf");
+    let before = std::fs::read_to_string(&conf).unwrap();
+    let broken = d.dir.join("broken.conf");
+    std::fs::write(
+        &broken,
+        before.replace("proxy_pass http://$color;", "proxy_pass http://$color"),
+    )
+    .unwrap();
+    let out = d.fails(&["up", "--nginx-conf", broken.to_str().unwrap()]);
+    assert!(out.contains("nginx -t refused the config"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&conf).unwrap(),
+        before,
+        "the installed config is unchanged"
+    );
+    assert_eq!(d.served(), ("blue".to_owned(), "v1.0.0".to_owned()));
+    d.ok(&["switch"]);
+    assert_eq!(
+        d.served().0,
+        "green",
+        "switching still works on the old config"
+    );
+}
+
+#[test]
+fn missing_or_unreadable_route_directory_serves_blue_and_status_says_so() {
+    let d = Deployment::up("route-dir");
+    d.ok(&["switch", "--to", "green"]);
+    assert_eq!(d.served().0, "green");
+
+    let routes = d.state.join("routes");
+    let aside = d.state.join("routes.aside");
+    std::fs::rename(&routes, &aside).unwrap();
+    assert_eq!(
+        d.served().0,
+        "blue",
+        "no route directory: the default, blue"
+    );
+    let problems = d.status()["problems"].to_string();
+    assert!(problems.contains("no `current` generation"), "{problems}");
+    std::fs::rename(&aside, &routes).unwrap();
+    assert_eq!(d.served().0, "green");
+
+    let current = std::fs::canonicalize(routes.join("current")).unwrap();
+    std::fs::set_permissions(&current, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let served = d.served().0;
+    let problems = d.status()["problems"].to_string();
+    std::fs::set_permissions(&current, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(
+        served, "blue",
+        "unreadable route generation: the default, blue"
+    );
+    assert!(
+        problems.contains("route directory is unreadable"),
+        "{problems}"
+    );
+    assert_eq!(d.served().0, "green");
+}
+
+#[test]
+fn two_switches_at_once_serialise() {
+    let d = Deployment::up("concurrent");
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            d.command(&["switch"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", common::describe(&out));
+    }
+    // Two toggles, one after the other: back on blue, two generations later, state agrees.
+    let status = d.status();
+    assert_eq!(
+        status["split"],
+        json!({"blue": 100, "green": 0}),
+        "{status:#}"
+    );
+    assert_eq!(status["generation"], 3, "{status:#}");
+    assert_eq!(status["problems"], json!([]), "{status:#}");
+    let history = d.ok(&["history", "--json"]);
+    let switches: Vec<&str> = history
+        .lines()
+        .filter(|l| l.contains(r#""operation":"switch""#))
+        .collect();
+    assert_eq!(switches.len(), 2, "{history}");
+    assert!(
+        switches[0].contains(r#""to":{"blue":0,"green":100}"#)
+            && switches[1].contains(r#""to":{"blue":100,"green":0}"#),
+        "{history}"
+    );
+}
+
+#[test]
+fn rollback_after_a_canary_restores_all_traffic_to_the_stable_color() {
+    let d = Deployment::up("canary-rollback");
+    d.ok(&["canary", "--percent", "25"]);
+    assert_eq!(d.status()["split"], json!({"blue": 75, "green": 25}));
+    d.ok(&["smoke"]);
+    d.ok(&["rollback"]);
+    let status = d.status();
+    assert_eq!(
+        status["split"],
+        json!({"blue": 100, "green": 0}),
+        "{status:#}"
+    );
+    assert_eq!(status["active"], "blue");
+    let (served, version) = d.served();
+    assert_eq!((served.as_str(), version.as_str()), ("blue", "v1.0.0"));
+}
+
+#[test]
+fn deploy_puts_a_version_on_the_standby_and_switches_to_it() {
+    let d = Deployment::up("deploy");
+    d.ok(&["deploy", "--version", "v1.0.0"]);
+    assert_eq!(d.served(), ("green".to_owned(), "v1.0.0".to_owned()));
+    let out = d.fails(&["deploy", "--version", "v0.0.0-missing"]);
+    assert!(out.contains("no model v0.0.0-missing"), "{out}");
+    assert_eq!(
+        d.served(),
+        ("green".to_owned(), "v1.0.0".to_owned()),
+        "a failed deploy leaves traffic alone"
+    );
+    d.ok(&["smoke"]);
+}
