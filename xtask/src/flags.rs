@@ -27,7 +27,12 @@ pub struct Global {
     #[arg(long, global = true, value_enum, default_value_t = RuntimeKind::Auto, env = "MLDEPLOY_RUNTIME")]
     pub runtime: RuntimeKind,
     /// The deploy configuration (ports, versions, buckets, images).
-    #[arg(long, global = true, default_value = "deploy.toml", env = "MLDEPLOY_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "deploy.toml",
+        env = "MLDEPLOY_CONFIG"
+    )]
     pub config: PathBuf,
 }
 

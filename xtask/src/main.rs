@@ -7,10 +7,10 @@
 mod config;
 mod domain;
 mod engine;
-mod gate;
-mod nginx;
-mod images;
 mod flags;
+mod gate;
+mod images;
+mod nginx;
 mod runtime;
 mod util;
 
