@@ -1,0 +1,282 @@
+//! Helpers shared by the integration tests: the committed models, the router, an in-process
+//! server on a free port, and the real `ml-service` binary as a child process.
+
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use axum::{body::Body, http::Request, Router};
+use http_body_util::BodyExt;
+use service::{
+    config::Config,
+    model::Model,
+    server::{self, AppState, Server},
+};
+use tower::ServiceExt;
+
+pub const VERSIONS: [&str; 2] = ["v1.0.0", "v1.1.0"];
+
+/// Golden rows both versions must classify correctly: (features, class, label).
+pub const GOLDEN: [([f64; 4], usize, &str); 3] = [
+    ([5.1, 3.5, 1.4, 0.2], 0, "setosa"),
+    ([7.0, 3.2, 4.7, 1.4], 1, "versicolor"),
+    ([6.3, 3.3, 6.0, 2.5], 2, "virginica"),
+];
+
+/// `models/` at the workspace root.
+pub fn models_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
+}
+
+pub fn model_dir(version: &str) -> PathBuf {
+    models_dir().join(version)
+}
+
+pub fn load(version: &str) -> Model {
+    Model::load(&model_dir(version), Some(version)).expect("the committed model loads")
+}
+
+pub fn app(version: &str) -> Router {
+    server::router(AppState::new(load(version)))
+}
+
+/// A response as tests need it.
+pub struct Answer {
+    pub status: u16,
+    pub headers: axum::http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends one request through the router, no socket involved.
+pub async fn send(app: &Router, request: Request<Body>) -> Answer {
+    let response = app
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("the router never fails");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn get(app: &Router, uri: &str) -> Answer {
+    send(app, Request::get(uri).body(Body::empty()).unwrap()).await
+}
+
+pub async fn post_json(app: &Router, uri: &str, body: impl Into<Body>) -> Answer {
+    send(
+        app,
+        Request::post(uri)
+            .header("content-type", "application/json")
+            .body(body.into())
+            .unwrap(),
+    )
+    .await
+}
+
+/// An in-process server on a free loopback port, stopped through [`TestServer::shutdown`].
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<std::io::Result<bool>>,
+}
+
+impl TestServer {
+    pub async fn start(version: &str, shutdown_timeout: Duration) -> TestServer {
+        let config = Config {
+            model_path: model_dir(version),
+            model_version: Some(version.to_owned()),
+            host: Ipv4Addr::LOCALHOST.into(),
+            port: 0,
+            shutdown_timeout,
+        };
+        let server = Server::bind(&config, load(version))
+            .await
+            .expect("bind a free port");
+        let addr = server.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(server.run_until(async move {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            shutdown: Some(tx),
+            handle,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Signals shutdown and returns whether every request finished within the drain timeout.
+    pub async fn shutdown(mut self) -> bool {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.handle
+            .await
+            .expect("server task")
+            .expect("server result")
+    }
+}
+
+/// The real `ml-service` binary, with its stdout lines collected by a thread.
+pub struct Process {
+    pub child: Child,
+    pub lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+/// Starts `ml-service` with `env` on a free loopback port (PORT=0) and waits for its
+/// "listening" line; returns the process and its address.
+pub fn spawn_service(env: &[(&str, String)]) -> (Process, SocketAddr) {
+    let mut process = start_service(env);
+    let line = process.wait_for_line("listening", Duration::from_secs(30));
+    let addr = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("addr="))
+        .unwrap_or_else(|| panic!("no addr= in {line:?}"))
+        .parse()
+        .expect("an address");
+    (process, addr)
+}
+
+pub fn start_service(env: &[(&str, String)]) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ml-service"));
+    command
+        .env_clear()
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("start ml-service");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Process {
+        child,
+        lines: rx,
+        seen: Vec::new(),
+    }
+}
+
+impl Process {
+    /// Waits until a stdout line contains `needle`; panics with everything seen after `timeout`.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    let mut stderr = String::new();
+                    if let Some(mut e) = self.child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+                    }
+                    panic!("no line with {needle:?} within {timeout:?}; stdout: {:#?}; stderr: {stderr}", self.seen);
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to exit, killing it (and failing) after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        wait_exit(&mut self.child, timeout)
+    }
+
+    pub fn terminate(&self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill -TERM {pid}");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("process {} still running after {timeout:?}", child.id());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls `f` until it returns `Some`, failing after `timeout`.
+pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not true after {timeout:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
