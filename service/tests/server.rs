@@ -19,6 +19,9 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Environment variables for one run of the binary.
+type Env = Vec<(&'static str, String)>;
+
 #[tokio::test]
 async fn both_versions_serve_over_http_and_say_which_version_answered() {
     let client = reqwest::Client::new();
@@ -178,7 +181,7 @@ fn start_up_is_refused_with_a_clear_reason() {
     std::fs::remove_file(no_metadata.join("metadata.json")).unwrap();
 
     let v1 = model_dir("v1.0.0").display().to_string();
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    let cases: Vec<(&str, Env, &str)> = vec![
         (
             "missing model",
             vec![(
