@@ -172,7 +172,7 @@ pub fn build_service_binary(sh: &Shell) -> Result<PathBuf> {
     let target = SERVICE_TARGET;
     cmd!(
         sh,
-        "cargo build --release --package service --bin ml-service --bin ml-train --target {target}"
+        "cargo build --release --package service --bin ml-service --target {target}"
     )
     .run()
     .context("build the static service binary")?;

@@ -145,6 +145,26 @@ impl Compose {
         }
     }
 
+    /// The nginx container, started if needed: every change to the state volume goes through it,
+    /// and `up` may record routes before it starts the balancer with its final config. A missing
+    /// balancer is started with this runtime's rendered config.
+    fn state_container(&self) -> Result<String> {
+        if let Some(id) = self.container_id(Part::Balancer)? {
+            if self.container_running(&id)? {
+                return Ok(id);
+            }
+        }
+        self.start_balancer(&crate::nginx::render(&self.nginx_params()))
+            .context("start the balancer, which holds the deploy state")?;
+        self.nginx()
+    }
+
+    /// Whether the nginx container (and so the state volume) exists; reads of a deployment
+    /// that was never brought up find nothing instead of failing.
+    fn has_state(&self) -> Result<bool> {
+        Ok(self.container_id(Part::Balancer)?.is_some())
+    }
+
     /// `docker exec <nginx> <args>`; returns the result whatever the exit status.
     fn exec(&self, args: &[&str], stdin: Option<&str>) -> Result<Exec> {
         let id = self.nginx()?;
@@ -404,6 +424,9 @@ impl Runtime for Compose {
     }
 
     fn apply_config(&self, nginx_conf: &str) -> Result<()> {
+        if !self.is_running(Part::Balancer)? {
+            return self.start_balancer(nginx_conf);
+        }
         let candidate = format!("{STATE_DIR}/nginx/nginx.conf.new");
         let installed = format!("{STATE_DIR}/nginx/nginx.conf");
         self.exec_ok(
@@ -442,6 +465,9 @@ impl Runtime for Compose {
 
     fn read_file(&self, rel: &str) -> Result<Option<String>> {
         let path = state_path(rel)?;
+        if !self.has_state()? {
+            return Ok(None);
+        }
         let exec = self.exec(&["cat", &path], None)?;
         if exec.ok {
             Ok(Some(exec.stdout))
@@ -454,6 +480,7 @@ impl Runtime for Compose {
 
     fn write_file_atomic(&self, rel: &str, contents: &str) -> Result<()> {
         let path = state_path(rel)?;
+        self.state_container()?;
         let temp = format!("{path}.tmp-{}", std::process::id());
         self.exec_ok(&format!("write {temp}"), &["tee", &temp], Some(contents))?;
         self.exec_ok(
@@ -466,6 +493,7 @@ impl Runtime for Compose {
 
     fn append_line(&self, rel: &str, line: &str) -> Result<()> {
         let path = state_path(rel)?;
+        self.state_container()?;
         let mut text = line.trim_end_matches('\n').to_owned();
         text.push('\n');
         self.exec_ok(
@@ -477,6 +505,7 @@ impl Runtime for Compose {
     }
 
     fn install_generation(&self, generation: u64, green_buckets: &[u16]) -> Result<()> {
+        self.state_container()?;
         let name = generation_name(generation);
         let local = std::env::temp_dir().join(format!(
             "mldeploy-routes-{}-{generation}",
@@ -509,7 +538,7 @@ impl Runtime for Compose {
     fn activate_generation(&self, generation: u64) -> Result<()> {
         let routes = format!("{STATE_DIR}/routes");
         let name = generation_name(generation);
-        let id = self.nginx()?;
+        let id = self.state_container()?;
         for args in [
             ["ln", "-sfn", name.as_str(), "current.tmp"],
             ["mv", "-Tf", "current.tmp", "current"],
@@ -530,6 +559,9 @@ impl Runtime for Compose {
     }
 
     fn active_generation(&self) -> Result<RouteReading> {
+        if !self.has_state()? {
+            return Ok(RouteReading::Missing);
+        }
         let current = format!("{STATE_DIR}/routes/current");
         let link = self.exec(&["readlink", &current], None)?;
         if !link.ok {
@@ -592,6 +624,7 @@ impl Runtime for Compose {
         let owner_file = format!("{dir}/owner");
         let started = Instant::now();
         let mut delay = Duration::from_millis(20);
+        self.state_container()?;
         loop {
             let exec = self.exec(&["mkdir", &dir], None)?;
             if exec.ok {
@@ -629,6 +662,9 @@ impl Runtime for Compose {
 impl Compose {
     /// The generation numbers present under `routes/`.
     fn generations(&self) -> Result<Vec<u64>> {
+        if !self.has_state()? {
+            return Ok(Vec::new());
+        }
         let exec = self.exec(&["ls", "-1", &format!("{STATE_DIR}/routes/")], None)?;
         if !exec.ok {
             if exec.stderr.contains("No such file") {
@@ -652,12 +688,16 @@ struct LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        let status = Command::new("docker")
+        let output = Command::new("docker")
             .args(["exec", &self.container, "rm", "-rf", &self.dir])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-        if !matches!(status, Ok(s) if s.success()) {
+            .stdin(std::process::Stdio::null())
+            .output();
+        let gone = |stderr: &[u8]| {
+            let text = String::from_utf8_lossy(stderr);
+            // `down` removed the container, and the lock with it.
+            text.contains("No such container") || text.contains("is not running")
+        };
+        if !matches!(&output, Ok(o) if o.status.success() || gone(&o.stderr)) {
             eprintln!(
                 "warning: could not release the deploy lock {} in container {}",
                 self.dir, self.container
