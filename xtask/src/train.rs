@@ -35,9 +35,12 @@ impl flags::TrainV1_1 {
 }
 
 fn run_ml_train(sh: &Shell, args: &[String]) -> Result<()> {
-    cmd!(sh, "cargo run --quiet --release --package service --bin ml-train -- {args...}")
-        .run()
-        .context("run ml-train")
+    cmd!(
+        sh,
+        "cargo run --quiet --release --package service --bin ml-train -- {args...}"
+    )
+    .run()
+    .context("run ml-train")
 }
 
 /// The `ml-train` arguments for these flags.
@@ -63,7 +66,17 @@ mod tests {
     #[test]
     fn force_is_passed_only_when_asked() {
         let args = train_args("v1.1.0", Path::new("models"), false, 0.9);
-        assert_eq!(args, ["--version", "v1.1.0", "--out-dir", "models", "--min-accuracy", "0.9"]);
+        assert_eq!(
+            args,
+            [
+                "--version",
+                "v1.1.0",
+                "--out-dir",
+                "models",
+                "--min-accuracy",
+                "0.9"
+            ]
+        );
         let forced = train_args("v1.0.0", Path::new("/tmp/m"), true, 0.95);
         assert_eq!(forced.last().map(String::as_str), Some("--force"));
         assert!(forced.contains(&"/tmp/m".to_owned()) && forced.contains(&"0.95".to_owned()));
