@@ -111,6 +111,7 @@ impl Stack {
             .unwrap();
         Stack {
             dir,
+            down: std::cell::Cell::new(false),
             balancer,
             client,
         }
