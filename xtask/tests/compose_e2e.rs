@@ -504,9 +504,13 @@ fn compose_runtime_end_to_end() {
     .trim()
     .to_owned();
     let corrupt = build_corrupt_image(&stack.dir, BLUE_VERSION);
-    docker(&["tag", &corrupt, &format!("{IMAGE}:latest")]);
+    let restore = Retag {
+        image: good,
+        tag: format!("{IMAGE}:latest"),
+    };
+    docker(&["tag", &corrupt, &restore.tag]);
     let err = stack.fails(&["deploy", "--version", BLUE_VERSION]);
-    docker(&["tag", &good, &format!("{IMAGE}:latest")]);
+    drop(restore);
     assert!(
         err.contains("green"),
         "the refusal does not name green: {err}"
@@ -533,6 +537,20 @@ fn compose_runtime_end_to_end() {
         "",
         "volumes left"
     );
+}
+
+/// Points `tag` back at `image` when dropped, even when the test fails half-way.
+struct Retag {
+    image: String,
+    tag: String,
+}
+
+impl Drop for Retag {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["tag", &self.image, &self.tag])
+            .status();
+    }
 }
 
 /// The service image with `version`'s model file altered (its checksum no longer matches).

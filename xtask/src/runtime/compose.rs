@@ -70,6 +70,9 @@ pub struct Compose {
     addresses: Addresses,
     /// The nginx container's id, looked up once.
     nginx_id: RefCell<Option<String>>,
+    /// Whether the nginx container was seen running during this command (checked once: a
+    /// container stopping mid-operation makes the next `docker exec` fail anyway).
+    nginx_running: std::cell::Cell<bool>,
 }
 
 impl Compose {
@@ -92,6 +95,7 @@ impl Compose {
             config: config.clone(),
             addresses,
             nginx_id: RefCell::new(None),
+            nginx_running: std::cell::Cell::new(false),
         })
     }
 
@@ -150,12 +154,14 @@ impl Compose {
     /// balancer is started with this runtime's rendered config.
     fn state_container(&self) -> Result<String> {
         if let Some(id) = self.container_id(Part::Balancer)? {
-            if self.container_running(&id)? {
+            if self.nginx_running.get() || self.container_running(&id)? {
+                self.nginx_running.set(true);
                 return Ok(id);
             }
         }
         self.start_balancer(&crate::nginx::render(&self.nginx_params()))
             .context("start the balancer, which holds the deploy state")?;
+        self.nginx_running.set(true);
         self.nginx()
     }
 
@@ -294,6 +300,7 @@ impl Runtime for Compose {
             images::resolve_nginx_image(&self.sh, &self.config.compose.nginx_image, offline)?;
         self.sh.set_var("MLDEPLOY_NGINX_IMAGE", &image);
         *self.nginx_id.borrow_mut() = None;
+        self.nginx_running.set(false);
         if let Some(id) = self.container_id(Part::Balancer)? {
             if self.container_running(&id)? {
                 if self.current_config()?.as_deref() == Some(nginx_conf) {
@@ -420,6 +427,7 @@ impl Runtime for Compose {
             ],
         )?;
         *self.nginx_id.borrow_mut() = None;
+        self.nginx_running.set(false);
         Ok(())
     }
 
@@ -624,6 +632,11 @@ impl Runtime for Compose {
         let owner_file = format!("{dir}/owner");
         let started = Instant::now();
         let mut delay = Duration::from_millis(20);
+        if !self.has_state()? {
+            // Nothing is deployed, so there is nothing to protect yet (and `down` must not
+            // create a balancer just to lock it); the first write creates the balancer.
+            return Ok(Box::new(()));
+        }
         self.state_container()?;
         loop {
             let exec = self.exec(&["mkdir", &dir], None)?;
