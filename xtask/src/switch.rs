@@ -444,3 +444,88 @@ pub(crate) fn wait_healthy(
         "{color} did not become healthy with {version}; the end of its log:\n{tail}"
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded(split: Split, stable: Color, generation: u64) -> DeployState {
+        DeployState {
+            generation,
+            split,
+            stable,
+            versions: [
+                (Color::Blue, "v1.0.0".into()),
+                (Color::Green, "v1.1.0".into()),
+            ]
+            .into(),
+            since: "t".into(),
+            previous: Some(Box::new(DeployState {
+                generation: generation - 1,
+                split: Split::all(Color::Blue),
+                stable: Color::Blue,
+                versions: Default::default(),
+                since: "t0".into(),
+                previous: None,
+            })),
+        }
+    }
+
+    fn live(reading: RouteReading, recorded: Option<DeployState>) -> Live {
+        let (split, problem) = domain::live_split(&reading, 100);
+        Live {
+            reading,
+            split,
+            problem,
+            recorded,
+        }
+    }
+
+    #[test]
+    fn the_route_directory_wins_over_the_recorded_state() {
+        // A crash after the swap and before the record: nginx routes green, state says blue.
+        let l = live(
+            RouteReading::Active {
+                generation: 5,
+                green_buckets: (0..100).collect(),
+            },
+            Some(recorded(Split::all(Color::Blue), Color::Blue, 4)),
+        );
+        let state = l.state(&DeployConfig::default());
+        assert_eq!(
+            (state.split, state.stable, state.generation),
+            (Split::all(Color::Green), Color::Green, 5)
+        );
+        assert_eq!(state.version(Color::Green), Some("v1.1.0"));
+        let current = l.current(&DeployConfig::default());
+        assert_eq!(
+            current.previous,
+            Some((Split::all(Color::Blue), Color::Blue))
+        );
+    }
+
+    #[test]
+    fn a_recorded_canary_keeps_its_stable_color() {
+        let split = Split::with(Color::Blue, 20);
+        let l = live(
+            RouteReading::Active {
+                generation: 3,
+                green_buckets: (0..80).collect(),
+            },
+            Some(recorded(split, Color::Green, 3)),
+        );
+        assert_eq!(l.state(&DeployConfig::default()).stable, Color::Green);
+    }
+
+    #[test]
+    fn without_any_state_the_defaults_and_blue_apply() {
+        let l = live(RouteReading::Missing, None);
+        let state = l.state(&DeployConfig::default());
+        assert_eq!(
+            (state.split, state.stable, state.generation),
+            (Split::all(Color::Blue), Color::Blue, 0)
+        );
+        assert_eq!(state.version(Color::Blue), Some("v1.0.0"));
+        assert!(l.problem.is_some());
+    }
+}

@@ -190,3 +190,37 @@ fn deploy_puts_a_version_on_the_standby_and_switches_to_it() {
     );
     d.ok(&["smoke"]);
 }
+
+#[test]
+fn a_switch_waiting_too_long_for_the_lock_fails_naming_the_holder() {
+    let d = Deployment::up("lock-timeout");
+    let config = std::fs::read_to_string(&d.config)
+        .unwrap()
+        .replace("lock_secs = 60", "lock_secs = 1");
+    std::fs::write(&d.config, config).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.state.join("lock"))
+        .unwrap();
+    lock.try_lock().expect("nobody else holds the lock");
+    std::fs::write(
+        d.state.join("lock.holder"),
+        "cargo xtask canary --percent 5, pid 1",
+    )
+    .unwrap();
+    let out = d.fails(&["switch"]);
+    drop(lock);
+    assert!(
+        out.contains(
+            "another operation holds the deploy lock (cargo xtask canary --percent 5, pid 1)"
+        ),
+        "{out}"
+    );
+    assert_eq!(d.served().0, "blue", "traffic unchanged");
+    d.ok(&["switch"]);
+    assert_eq!(
+        d.served().0,
+        "green",
+        "the lock is free again once released"
+    );
+}
