@@ -624,6 +624,74 @@ mod tests {
         assert_eq!(std::fs::read_to_string(path).unwrap_or_default(), actual);
     }
 
+    /// A whole session of operations, planned and recorded one after another; the golden file
+    /// shows every decision (target split, stable color, gated colors) and the recorded state.
+    #[test]
+    fn operation_sequence_matches_golden_file() {
+        let requests = [
+            Request::Rollback,
+            Request::Switch { to: None },
+            Request::Switch {
+                to: Some(Color::Green),
+            },
+            Request::Canary { percent: 10 },
+            Request::Canary { percent: 50 },
+            Request::Rollback,
+            Request::Rollback,
+            Request::Canary { percent: 100 },
+            Request::Canary { percent: 0 },
+            Request::Switch { to: None },
+            Request::Rollback,
+        ];
+        let mut state = DeployState {
+            generation: 1,
+            split: Split::all(Color::Blue),
+            stable: Color::Blue,
+            versions: [
+                (Color::Blue, "v1.0.0".to_owned()),
+                (Color::Green, "v1.1.0".to_owned()),
+            ]
+            .into(),
+            since: rfc3339(0),
+            previous: None,
+        };
+        let mut out = String::new();
+        for request in requests {
+            let current = Current {
+                split: state.split,
+                stable: state.stable,
+                previous: state.previous.as_ref().map(|p| (p.split, p.stable)),
+            };
+            let line = match plan_switch(&current, request) {
+                Err(err) => format!("refused: {err}"),
+                Ok(Decision::Noop(why)) => format!("noop: {why}"),
+                Ok(Decision::Go(plan)) => {
+                    state = state.advance(
+                        state.generation + 1,
+                        plan.to,
+                        plan.stable,
+                        &rfc3339(state.generation),
+                    );
+                    let gate: Vec<&str> = plan.gate.iter().map(|c| c.as_str()).collect();
+                    format!(
+                        "{} -> {} (stable {}, gate [{}], green buckets of 100: {})",
+                        plan.from,
+                        plan.to,
+                        plan.stable,
+                        gate.join(", "),
+                        route_buckets(plan.to, 100).len()
+                    )
+                }
+            };
+            out += &format!("{:<28} {line}\n", format!("{request:?}"));
+        }
+        let path = crate::util::project_root().join("xtask/test_data/transitions.txt");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &out).unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(path).unwrap_or_default(), out);
+    }
+
     #[test]
     fn rfc3339_formats_known_instants() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
