@@ -5,7 +5,8 @@
 #![allow(dead_code)]
 
 use std::{
-    net::TcpListener,
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Output},
     sync::{
@@ -242,7 +243,8 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// Keep-alive clients posting predictions through the balancer until stopped; counts every
-/// request, every failure (transport error or non-2xx), and the versions that answered.
+/// request, every failure (transport error or non-2xx), and never retries: each client is a
+/// plain HTTP/1.1 connection over `TcpStream`, so a connection the balancer drops is a failure.
 pub struct Load {
     stop: Arc<AtomicBool>,
     pub ok: Arc<AtomicUsize>,
@@ -251,31 +253,88 @@ pub struct Load {
     threads: Vec<JoinHandle<()>>,
 }
 
+const PREDICT_BODY: &str = r#"{"features":[5.1,3.5,1.4,0.2]}"#;
+
+/// One keep-alive request on `stream`: the status, or why it failed. `reconnect` is set when
+/// the server announced `Connection: close` (a polite close, not a failure).
+fn post_predict(
+    stream: &mut BufReader<TcpStream>,
+    host: &str,
+    reconnect: &mut bool,
+) -> Result<u16, String> {
+    let request = format!(
+        "POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{PREDICT_BODY}",
+        PREDICT_BODY.len()
+    );
+    stream
+        .get_mut()
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut line = String::new();
+    stream
+        .read_line(&mut line)
+        .map_err(|e| format!("read status: {e}"))?;
+    if line.is_empty() {
+        return Err("connection closed before a response".into());
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(format!("bad status line {line:?}"))?;
+    let mut length = 0;
+    loop {
+        line.clear();
+        stream
+            .read_line(&mut line)
+            .map_err(|e| format!("read headers: {e}"))?;
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let lower = header.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().map_err(|_| format!("bad {header:?}"))?;
+        } else if lower == "connection: close" {
+            *reconnect = true;
+        }
+    }
+    let mut body = vec![0; length];
+    stream
+        .read_exact(&mut body)
+        .map_err(|e| format!("read body: {e}"))?;
+    Ok(status)
+}
+
 impl Load {
     pub fn start(url: &str, threads: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicUsize::new(0));
         let errors = Arc::new(Mutex::new(Vec::new()));
+        let host = url.trim_start_matches("http://").to_owned();
         let handles = (0..threads)
             .map(|_| {
                 let (stop, ok, failed, errors) =
                     (stop.clone(), ok.clone(), failed.clone(), errors.clone());
-                let url = format!("{url}/predict");
+                let host = host.clone();
                 thread::spawn(move || {
-                    let client = client();
+                    let mut conn: Option<BufReader<TcpStream>> = None;
                     while !stop.load(Ordering::Relaxed) {
-                        let result = client
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .body(r#"{"features":[5.1,3.5,1.4,0.2]}"#)
-                            .send();
-                        let result = result.and_then(|r| {
-                            let status = r.status();
-                            r.bytes().map(|_| status)
-                        });
-                        match result {
-                            Ok(status) if status.is_success() => {
+                        let stream = match conn.as_mut() {
+                            Some(stream) => stream,
+                            None => match TcpStream::connect(&host) {
+                                Ok(s) => conn.insert(BufReader::new(s)),
+                                Err(e) => {
+                                    failed.fetch_add(1, Ordering::Relaxed);
+                                    errors.lock().unwrap().push(format!("connect: {e}"));
+                                    continue;
+                                }
+                            },
+                        };
+                        let mut reconnect = false;
+                        match post_predict(stream, &host, &mut reconnect) {
+                            Ok(status) if (200..300).contains(&status) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
                             Ok(status) => {
@@ -284,8 +343,12 @@ impl Load {
                             }
                             Err(e) => {
                                 failed.fetch_add(1, Ordering::Relaxed);
-                                errors.lock().unwrap().push(format!("{e:?}"));
+                                errors.lock().unwrap().push(e);
+                                reconnect = true;
                             }
+                        }
+                        if reconnect {
+                            conn = None;
                         }
                     }
                 })
@@ -300,7 +363,8 @@ impl Load {
         }
     }
 
-    /// Waits until `n` more requests have succeeded (so load really ran across an event).
+    /// Waits until `n` more requests have succeeded (so load really ran across an event), or
+    /// until one fails.
     pub fn wait_for_more(&self, n: usize) {
         let target = self.ok.load(Ordering::Relaxed) + n;
         wait_until(&format!("{n} more successful requests"), || {
