@@ -74,6 +74,7 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
     let _ = bench_env.classic_stop();
     let _ = (flags::Down {}).run(sh, &global);
     let report = result?;
+    let _ = fs::remove_dir_all(&dir);
     println!("{report}");
     let path = project_root().join("docs/benchmarks.md");
     let doc = fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
@@ -103,6 +104,7 @@ struct Wrk {
 
 impl Bench<'_> {
     fn measure(&self, sh: &Shell, global: &flags::Global, bench: &flags::Bench) -> Result<String> {
+        let machine = machine(sh);
         (flags::Up {
             blue: None,
             green: None,
@@ -177,7 +179,6 @@ impl Bench<'_> {
         }
         let restarting = load.finish()?;
 
-        let machine = machine(sh);
         Ok(render_report(&Numbers {
             machine,
             connections: bench.connections,
@@ -504,7 +505,12 @@ fn machine(sh: &Shell) -> String {
                 .trim_start_matches("nginx version: ")
                 .to_owned()
         });
-    format!("Machine: {cpu}, {cores} cores (shared by wrk, nginx and both colors); {nginx}.")
+    let load = fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    format!(
+        "Machine: {cpu}, {cores} cores (shared by wrk, nginx and both colors; load average before the run {load}); {nginx}."
+    )
 }
 
 /// Replaces the body of the `heading` section of a Markdown document (up to the next heading of
