@@ -381,7 +381,7 @@ fn describe(name: &str, plan: &Plan, state: &DeployState, before: bool) -> Strin
         None => {
             let canary = plan.stable.other();
             format!(
-                "{} % to {}, {} % to {}",
+                "{} % {} / {} % {}",
                 plan.to.share(canary),
                 with_version(canary),
                 plan.to.share(plan.stable),
