@@ -224,3 +224,34 @@ fn a_switch_waiting_too_long_for_the_lock_fails_naming_the_holder() {
         "the lock is free again once released"
     );
 }
+
+#[test]
+fn a_crash_between_swap_and_record_is_reported_and_the_next_operation_follows_nginx() {
+    let d = Deployment::up("crash-midway");
+    d.ok(&["switch"]);
+    assert_eq!(d.served().0, "green");
+    // As if a switch back to blue had swapped the route in and died before recording it.
+    let routes = d.state.join("routes");
+    std::fs::create_dir(routes.join("gen-9")).unwrap();
+    std::fs::set_permissions(routes.join("gen-9"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("gen-9", routes.join("next")).unwrap();
+    std::fs::rename(routes.join("next"), routes.join("current")).unwrap();
+    assert_eq!(d.served().0, "blue");
+    let status = d.status();
+    assert_eq!(
+        status["split"],
+        json!({"blue": 100, "green": 0}),
+        "status shows what nginx routes"
+    );
+    let problems = status["problems"].to_string();
+    assert!(problems.contains("state.json records green (generation 2) but the route directory routes blue (generation 9)"), "{problems}");
+    // The next operation starts from the live state: the standby of blue is green.
+    d.ok(&["switch"]);
+    assert_eq!(d.served().0, "green");
+    let status = d.status();
+    assert_eq!(
+        (status["generation"].clone(), status["problems"].clone()),
+        (json!(10), json!([])),
+        "{status:#}"
+    );
+}
