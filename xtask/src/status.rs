@@ -18,7 +18,7 @@ use crate::{
     domain::{Color, Operation, Split},
     flags::{self, Format},
     gate, nginx,
-    runtime::Part,
+    runtime::{Part, RouteReading},
     switch::{self, Ctx},
 };
 
@@ -103,7 +103,8 @@ pub(crate) fn gather(ctx: &Ctx) -> Result<Report> {
     let live = switch::read_live(ctx)?;
     let mut problems: Vec<String> = live.problem.iter().cloned().collect();
     if let Some(recorded) = &live.recorded {
-        if recorded.split != live.split || recorded.generation != live.generation() {
+        let routed = matches!(live.reading, RouteReading::Active { .. });
+        if routed && (recorded.split != live.split || recorded.generation != live.generation()) {
             problems.push(format!(
                 "state.json records {} (generation {}) but the route directory routes {} (generation {}); the route directory is what nginx follows, the next operation records it",
                 recorded.split,

@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use xshell::Shell;
 
 use crate::{
@@ -123,6 +123,13 @@ impl flags::Up {
             reason: None,
         })?;
         print_where(&ctx, &state);
+        if let RouteReading::Unreadable(why) = ctx.rt.active_generation()? {
+            bail!(
+                "nginx cannot read the route directory ({why}): every request goes to blue and no switch can work; \
+                 let nginx's workers through (`chmod o+x` on that folder) or set `local.state_dir` in the deploy \
+                 configuration to a folder they can reach"
+            );
+        }
         Ok(())
     }
 }

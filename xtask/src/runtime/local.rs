@@ -486,12 +486,16 @@ impl Runtime for Local {
                 target.display()
             )));
         };
-        for dir in [
-            self.state.clone(),
-            self.path("routes"),
-            self.path(&format!("routes/gen-{generation}")),
-        ] {
-            if let Some(why) = self.worker_cannot_enter(&dir) {
+        // Every folder on the way must let nginx's workers through. As root (workers run as
+        // `nobody`) that includes the ancestors: a checkout under `/root` (mode 700) is a
+        // classic way to route everything to blue without a single error in nginx's log.
+        let generation_dir = self.path(&format!("routes/gen-{generation}"));
+        let root = running_as_root();
+        for dir in generation_dir
+            .ancestors()
+            .filter(|d| root || d.starts_with(&self.state))
+        {
+            if let Some(why) = self.worker_cannot_enter(dir) {
                 return Ok(RouteReading::Unreadable(why));
             }
         }
