@@ -24,6 +24,8 @@ use crate::{
 
 /// Requests sampled for the `versions` check.
 pub const SAMPLES: usize = 200;
+/// How far (percentage points) a color's sampled share may stray from the split.
+pub const MAX_SKEW: usize = 15;
 
 impl flags::Smoke {
     pub(crate) fn run(self, sh: &Shell, global: &flags::Global) -> Result<()> {
@@ -132,9 +134,19 @@ pub fn check_versions(
     }
     for color in split.serving() {
         let expected = total * usize::from(split.share(color)) / 100;
-        if expected >= 10 && !seen.contains_key(&color) {
+        let got = seen.get(&color).copied().unwrap_or(0);
+        if expected >= 10 && got == 0 {
             bail!(
                 "{color} should take {} % of requests but answered none of {total}",
+                split.share(color)
+            );
+        }
+        // Roughly in proportion: far outside binomial noise for the sample size (about seven
+        // standard deviations at 200 samples and a 10 % share).
+        let observed = 100 * got / total.max(1);
+        if total >= 100 && observed.abs_diff(usize::from(split.share(color))) > MAX_SKEW {
+            bail!(
+                "{color} answered {observed} % of {total} requests, but the split gives it {} %",
                 split.share(color)
             );
         }
@@ -203,6 +215,11 @@ mod tests {
                 "came from green",
             ),
             (counts(&[("", "v1.0.0", 1)]), split, "without a color"),
+            (
+                counts(&[("blue", "v1.0.0", 100), ("green", "v1.1.0", 100)]),
+                split,
+                "green answered 50 % of 200 requests, but the split gives it 10 %",
+            ),
         ];
         for (counts, split, message) in cases {
             let err = check_versions(&counts, split, &state())
