@@ -218,7 +218,7 @@ mod tests {
             (
                 counts(&[("blue", "v1.0.0", 100), ("green", "v1.1.0", 100)]),
                 split,
-                "green answered 50 % of 200 requests, but the split gives it 10 %",
+                "blue answered 50 % of 200 requests, but the split gives it 90 %",
             ),
         ];
         for (counts, split, message) in cases {
