@@ -1,8 +1,10 @@
 //! End-to-end tests of the docker compose runtime against a real Docker engine.
 //!
 //! They drive the real `cargo xtask` binary (`--runtime compose`) with their own deploy
-//! configuration (project `mldeploy-e2e`, free ports, their own subnet and image name), so they
-//! never touch a developer's deployment. Steps of [`compose_runtime_end_to_end`], on one stack:
+//! configuration (project `mldeploy-e2e-<pid>`, free ports, an unused subnet, their own image
+//! name), so they never touch a developer's deployment or another run.
+//!
+//! Steps of [`compose_runtime_end_to_end`], on one stack:
 //! 1. `build` the images (offline when no registry answers), `up`, `smoke`;
 //! 2. under continuous keep-alive load through the balancer: 10 switches and 3 rollbacks with
 //!    0 failed requests, the served version checked after each;
@@ -28,8 +30,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The compose project of `compose_files_validate` (nothing is created under it).
 const PROJECT: &str = "mldeploy-e2e";
-const IMAGE: &str = "mldeploy-e2e/ml-service";
 const SUBNET: &str = "172.30.178.0/24";
 const BLUE_VERSION: &str = "v1.0.0";
 const GREEN_VERSION: &str = "v1.1.0";
@@ -83,6 +85,10 @@ fn show(output: &Output) -> String {
 /// One compose deployment of the tests, brought down when dropped.
 struct Stack {
     dir: PathBuf,
+    /// `mldeploy-e2e-<pid>`: two runs at once do not share containers.
+    project: String,
+    /// The service image name this run builds and tags (removed at the end).
+    image: String,
     /// Set once the test's own `down` ran, so dropping does not bring the stack down again.
     down: std::cell::Cell<bool>,
     balancer: u16,
@@ -94,12 +100,15 @@ impl Stack {
         let dir = std::env::temp_dir().join(format!("mldeploy-e2e-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let (balancer, blue, green) = (free_port(), free_port(), free_port());
+        let project = format!("mldeploy-e2e-{}", std::process::id());
+        let image = format!("{project}/ml-service");
+        let subnet = free_subnet();
         let config = format!(
             "[balancer]\nport = {balancer}\nbuckets = 100\n\
              [blue]\nversion = \"{BLUE_VERSION}\"\nport = {blue}\n\
              [green]\nversion = \"{GREEN_VERSION}\"\nport = {green}\n\
              [local]\nstate_dir = \"{}\"\n\
-             [compose]\nproject = \"{PROJECT}\"\nimage = \"{IMAGE}\"\nsubnet = \"{SUBNET}\"\n\
+             [compose]\nproject = \"{project}\"\nimage = \"{image}\"\nsubnet = \"{subnet}\"\n\
              [timeouts]\nhealthy_secs = 20\nlock_secs = 30\n",
             dir.join("local").display()
         );
@@ -111,6 +120,8 @@ impl Stack {
             .unwrap();
         Stack {
             dir,
+            project,
+            image,
             down: std::cell::Cell::new(false),
             balancer,
             client,
@@ -227,14 +238,15 @@ impl Stack {
             "--all",
             "--quiet",
             "--filter",
-            &format!("label=com.docker.compose.project={PROJECT}"),
+            &format!("label=com.docker.compose.project={}", self.project),
             "--filter",
             &format!("label=com.docker.compose.service={service}"),
         ]);
         let id = out.lines().next().unwrap_or_default().trim().to_owned();
         assert!(
             !id.is_empty(),
-            "no {service} container in project {PROJECT}"
+            "no {service} container in project {}",
+            self.project
         );
         id
     }
@@ -246,6 +258,17 @@ impl Drop for Stack {
             let _ = self.xtask(&["down"]);
         }
         let _ = fs::remove_dir_all(&self.dir);
+        // The run's own tags; the layers stay shared with the project's image.
+        let tags = docker_quiet(&[
+            "image",
+            "ls",
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+            &self.image,
+        ]);
+        for tag in tags.lines().filter(|t| !t.is_empty()) {
+            let _ = docker_quiet(&["rmi", tag]);
+        }
     }
 }
 
@@ -256,6 +279,32 @@ fn header(response: &reqwest::blocking::Response, name: &str) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned()
+}
+
+/// A /24 under 172.30.0.0/16 that no Docker network uses yet.
+fn free_subnet() -> String {
+    let networks = docker(&["network", "ls", "--quiet"]);
+    let mut args = vec![
+        "network",
+        "inspect",
+        "--format",
+        "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
+    ];
+    args.extend(networks.split_whitespace());
+    let used = docker(&args);
+    (150..=250)
+        .map(|octet| format!("172.30.{octet}.0/24"))
+        .find(|subnet| !used.split_whitespace().any(|u| u == subnet))
+        .expect("every 172.30.150-250.0/24 subnet is taken")
+}
+
+/// `docker <args>`'s stdout, whatever its exit status.
+fn docker_quiet(args: &[&str]) -> String {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 fn docker(args: &[&str]) -> String {
@@ -391,8 +440,6 @@ fn compose_runtime_end_to_end() {
         return;
     }
     let stack = Stack::new();
-    // A run that crashed earlier may have left its stack behind.
-    let _ = stack.xtask(&["down"]);
 
     // 1. Images, up, smoke.
     stack.ok(&["build"]);
@@ -499,14 +546,14 @@ fn compose_runtime_end_to_end() {
         "inspect",
         "--format",
         "{{.Id}}",
-        &format!("{IMAGE}:latest"),
+        &format!("{}:latest", stack.image),
     ])
     .trim()
     .to_owned();
-    let corrupt = build_corrupt_image(&stack.dir, BLUE_VERSION);
+    let corrupt = build_corrupt_image(&stack.dir, &stack.image, BLUE_VERSION);
     let restore = Retag {
         image: good,
-        tag: format!("{IMAGE}:latest"),
+        tag: format!("{}:latest", stack.image),
     };
     docker(&["tag", &corrupt, &restore.tag]);
     let err = stack.fails(&["deploy", "--version", BLUE_VERSION]);
@@ -521,7 +568,7 @@ fn compose_runtime_end_to_end() {
     // 6. Down leaves nothing of the project behind.
     stack.ok(&["down"]);
     stack.down.set(true);
-    let label = format!("label=com.docker.compose.project={PROJECT}");
+    let label = format!("label=com.docker.compose.project={}", stack.project);
     assert_eq!(
         docker(&["ps", "--all", "--quiet", "--filter", &label]).trim(),
         "",
@@ -554,7 +601,7 @@ impl Drop for Retag {
 }
 
 /// The service image with `version`'s model file altered (its checksum no longer matches).
-fn build_corrupt_image(dir: &Path, version: &str) -> String {
+fn build_corrupt_image(dir: &Path, image: &str, version: &str) -> String {
     let context = dir.join("corrupt");
     fs::create_dir_all(&context).unwrap();
     let mut model = fs::read_to_string(
@@ -568,10 +615,10 @@ fn build_corrupt_image(dir: &Path, version: &str) -> String {
     fs::write(context.join("model.json"), model).unwrap();
     fs::write(
         context.join("Dockerfile"),
-        format!("FROM {IMAGE}:latest\nCOPY model.json /models/{version}/model.json\n"),
+        format!("FROM {image}:latest\nCOPY model.json /models/{version}/model.json\n"),
     )
     .unwrap();
-    let tag = format!("{IMAGE}:corrupt");
+    let tag = format!("{image}:corrupt");
     let buildx = Command::new("docker")
         .args(["buildx", "version"])
         .output()
