@@ -15,11 +15,13 @@
 //! `PORT` (its direct port) and `HOST=127.0.0.1`.
 
 use std::{
+    cell::RefCell,
+    collections::HashMap,
     fs::{self, File, OpenOptions},
     io::Write,
     os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant, SystemTime},
 };
@@ -38,6 +40,10 @@ pub struct Local {
     root: PathBuf,
     state: PathBuf,
     config: DeployConfig,
+    /// The colors this process started: their liveness comes from `try_wait` (which also reaps
+    /// them), not from `/proc`, where a process that has just been spawned can briefly show
+    /// its parent's or an empty command line.
+    children: RefCell<HashMap<Color, Child>>,
 }
 
 impl Local {
@@ -50,6 +56,7 @@ impl Local {
             state: config.local_state_dir(&root),
             root,
             config: config.clone(),
+            children: RefCell::default(),
         })
     }
 
@@ -108,7 +115,14 @@ impl Local {
             .ok()?;
         let expected = match part {
             Part::Balancer => "nginx".to_owned(),
-            Part::Color(_) => self.service_name(),
+            Part::Color(color) => {
+                if let Some(child) = self.children.borrow_mut().get_mut(&color) {
+                    if child.id() == pid {
+                        return matches!(child.try_wait(), Ok(None)).then_some(pid);
+                    }
+                }
+                self.service_name()
+            }
         };
         process_alive(pid, &expected).then_some(pid)
     }
@@ -159,7 +173,7 @@ impl Local {
     }
 
     /// Sends `signal` to `pid` and waits for it to go; kills it after [`STOP_TIMEOUT`].
-    fn stop_pid(&self, pid: u32, signal: &str, expected: &str) -> Result<()> {
+    fn stop_pid(&self, part: Part, pid: u32, signal: &str) -> Result<()> {
         let sh = &self.sh;
         let pid_s = pid.to_string();
         let _ = cmd!(sh, "kill -{signal} {pid_s}")
@@ -167,7 +181,7 @@ impl Local {
             .ignore_stderr()
             .run();
         let deadline = Instant::now() + STOP_TIMEOUT;
-        while process_alive(pid, expected) {
+        while self.live_pid(part) == Some(pid) {
             if Instant::now() > deadline {
                 let _ = cmd!(sh, "kill -KILL {pid_s}").quiet().ignore_stderr().run();
                 break;
@@ -317,12 +331,16 @@ impl Runtime for Local {
             .with_context(|| format!("start {} for {color}", bin.display()))?;
         fs::write(self.pid_file(Part::Color(color)), child.id().to_string())
             .context("record the color's pid")?;
+        self.children.borrow_mut().insert(color, child);
         Ok(())
     }
 
     fn stop_color(&self, color: Color) -> Result<()> {
         if let Some(pid) = self.live_pid(Part::Color(color)) {
-            self.stop_pid(pid, "TERM", &self.service_name())?;
+            self.stop_pid(Part::Color(color), pid, "TERM")?;
+        }
+        if let Some(mut child) = self.children.borrow_mut().remove(&color) {
+            let _ = child.try_wait();
         }
         let _ = fs::remove_file(self.pid_file(Part::Color(color)));
         Ok(())
@@ -343,7 +361,7 @@ impl Runtime for Local {
             self.stop_color(color)?;
         }
         if let Some(pid) = self.live_pid(Part::Balancer) {
-            self.stop_pid(pid, "QUIT", "nginx")?;
+            self.stop_pid(Part::Balancer, pid, "QUIT")?;
         }
         // Remove only what this runtime creates, so a mistyped `state_dir` cannot wipe a folder.
         for name in ["nginx", "routes"] {
