@@ -5,7 +5,8 @@
 //! name), so they never touch a developer's deployment or another run.
 //!
 //! Steps of [`compose_runtime_end_to_end`], on one stack:
-//! 1. `build` the images (offline when no registry answers), `up`, `smoke`;
+//! 1. `build` the images (offline when no registry answers), `up`, `smoke`; a broken nginx
+//!    config refused by `nginx -t` in the container while the old one keeps serving;
 //! 2. under continuous keep-alive load through the balancer: 10 switches and 3 rollbacks with
 //!    0 failed requests, the served version checked after each;
 //! 3. the standby container stopped → `switch` refused naming it, traffic unchanged;
@@ -448,6 +449,19 @@ fn compose_runtime_end_to_end() {
     assert_eq!(stack.served_version(5), BLUE_VERSION);
     // `up` again changes nothing.
     stack.ok(&["up"]);
+    // A broken static config is refused by `nginx -t` inside the container; the old one stays.
+    let broken = stack.dir.join("broken-nginx.conf");
+    fs::write(
+        &broken,
+        "events {}\nhttp { server { listen 8080; bogus_directive on; } }\n",
+    )
+    .unwrap();
+    let err = stack.fails(&["up", "--nginx-conf", broken.to_str().unwrap()]);
+    assert!(
+        err.contains("bogus_directive"),
+        "the refusal does not quote nginx: {err}"
+    );
+    stack.ok(&["smoke"]);
 
     // 2. Switches and rollbacks under load.
     let load = Load::start(&stack.url(), 4);
