@@ -49,12 +49,19 @@ pub fn service_bin() -> PathBuf {
     .clone()
 }
 
+/// A port nothing listens on, below Linux's ephemeral range (32768+) so that no outgoing
+/// connection can take it between this check and the service binding it. Each test process
+/// starts at its own offset; the bind check skips ports another test took.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let offset = (std::process::id() as usize * 7919) % 10_000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + ((offset + n * 13) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One deployment under test; `down` runs when it is dropped.
