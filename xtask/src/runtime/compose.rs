@@ -340,6 +340,7 @@ impl Runtime for Compose {
         let health = format!("{}{}", self.url(Part::Balancer), crate::nginx::HEALTH_PATH);
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(1))
+            .no_proxy()
             .build()
             .context("build an HTTP client")?;
         util::poll(
