@@ -548,11 +548,11 @@ pub fn replace_section(doc: &str, heading: &str, body: &str) -> String {
 /// A port nothing listens on, below Linux's ephemeral range so that none of wrk's outgoing
 /// connections can hold it when a restarted nginx binds it again.
 fn free_port() -> Result<u16> {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let offset = (std::process::id() % 5_000) as u16;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let offset = std::process::id() % 5_000;
     for _ in 0..10_000 {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = 20_000 + (offset + n * 7) % 12_000;
+        let port = (20_000 + (offset + n * 7) % 12_000) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }
