@@ -7,8 +7,9 @@
 //! Steps of [`compose_runtime_end_to_end`], on one stack:
 //! 1. `build` the images (offline when no registry answers), `up`, `smoke`; a broken nginx
 //!    config refused by `nginx -t` in the container while the old one keeps serving;
-//! 2. under continuous keep-alive load through the balancer: 10 switches and 3 rollbacks with
-//!    0 failed requests, the served version checked after each;
+//! 2. under continuous keep-alive load through the balancer: 10 switches, 3 rollbacks and 4
+//!    deploys (each recreating the standby container) with 0 failed requests, the served version
+//!    checked after each;
 //! 3. the standby container stopped → `switch` refused naming it, traffic unchanged;
 //! 4. the active container killed under load → every request still succeeds (the standby);
 //! 5. a green built with a corrupted model → `deploy` refuses, traffic stays on blue;
@@ -488,8 +489,30 @@ fn compose_runtime_end_to_end() {
             );
         }
     }
+    // 10 switches + 3 rollbacks from blue: green is active now. Deploys recreate the standby
+    // container under the same load: v1.1.0 onto blue, v1.0.0 onto green, and back again.
+    assert_eq!(expected, GREEN_VERSION);
+    for (version, color) in [
+        (GREEN_VERSION, "blue"),
+        (BLUE_VERSION, "green"),
+        (BLUE_VERSION, "blue"),
+        (GREEN_VERSION, "green"),
+    ] {
+        let before = stack.container(color);
+        stack.ok(&["deploy", "--version", version]);
+        assert_ne!(
+            stack.container(color),
+            before,
+            "deploy did not recreate {color}"
+        );
+        assert_eq!(
+            stack.served_version(5),
+            version,
+            "after deploying {version} to {color}"
+        );
+    }
     let tally = load.finish();
-    assert_no_failures("switches and rollbacks", &tally);
+    assert_no_failures("switches, rollbacks and deploys", &tally);
     for version in [BLUE_VERSION, GREEN_VERSION] {
         assert!(
             tally.versions.contains_key(version),
@@ -503,8 +526,7 @@ fn compose_runtime_end_to_end() {
         switch_times.len(),
         switch_times.iter().max().unwrap().as_secs_f64()
     );
-    // 10 switches + 3 rollbacks from blue: green is active now; go back to blue.
-    assert_eq!(expected, GREEN_VERSION);
+    // Green (v1.1.0) is active again, blue has v1.0.0: back to blue.
     stack.ok(&["switch", "--to", "blue"]);
     assert_eq!(stack.served_version(5), BLUE_VERSION);
 
