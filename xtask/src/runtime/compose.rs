@@ -171,6 +171,42 @@ impl Compose {
         Ok(self.container_id(Part::Balancer)?.is_some())
     }
 
+    /// How the state volume can be read now.
+    fn access(&self) -> Result<Access> {
+        let Some(id) = self.container_id(Part::Balancer)? else {
+            return Ok(Access::Absent);
+        };
+        if self.nginx_running.get() || self.container_running(&id)? {
+            self.nginx_running.set(true);
+            Ok(Access::Running)
+        } else {
+            Ok(Access::Stopped)
+        }
+    }
+
+    /// `docker cp <nginx>:<path> -`, which works on a stopped container too: the tar stream's
+    /// entries, none when the path does not exist.
+    fn copy_out(&self, path: &str) -> Result<Vec<TarEntry>> {
+        let id = self.nginx()?;
+        let source = format!("{id}:{path}");
+        let output = cmd!(self.sh, "docker cp {source} -")
+            .quiet()
+            .ignore_status()
+            .output()
+            .with_context(|| format!("docker cp {path} out of the balancer container"))?;
+        if !output.status.success() {
+            let err = String::from_utf8_lossy(&output.stderr);
+            if err.contains("Could not find") || err.contains("No such") {
+                return Ok(Vec::new());
+            }
+            bail!(
+                "docker cp {path} out of the balancer container: {}",
+                err.trim()
+            );
+        }
+        parse_tar(&output.stdout).with_context(|| format!("read the copy of {path}"))
+    }
+
     /// `docker exec <nginx> <args>`; returns the result whatever the exit status.
     fn exec(&self, args: &[&str], stdin: Option<&str>) -> Result<Exec> {
         let id = self.nginx()?;
@@ -260,6 +296,16 @@ impl Compose {
             .map(drop)
             .with_context(|| format!("{what} ({} {})", self.cli.display_name(), args.join(" ")))
     }
+}
+
+/// How the state volume can be read.
+enum Access {
+    /// No balancer container: nothing was deployed.
+    Absent,
+    /// `docker exec` works.
+    Running,
+    /// The container is stopped: only `docker cp` out works.
+    Stopped,
 }
 
 struct Exec {
@@ -474,8 +520,14 @@ impl Runtime for Compose {
 
     fn read_file(&self, rel: &str) -> Result<Option<String>> {
         let path = state_path(rel)?;
-        if !self.has_state()? {
-            return Ok(None);
+        match self.access()? {
+            Access::Absent => return Ok(None),
+            Access::Stopped => {
+                let entries = self.copy_out(&path)?;
+                let file = entries.into_iter().find(|e| e.kind == TarKind::File);
+                return Ok(file.map(|e| String::from_utf8_lossy(&e.data).into_owned()));
+            }
+            Access::Running => {}
         }
         let exec = self.exec(&["cat", &path], None)?;
         if exec.ok {
@@ -568,8 +620,13 @@ impl Runtime for Compose {
     }
 
     fn active_generation(&self) -> Result<RouteReading> {
-        if !self.has_state()? {
-            return Ok(RouteReading::Missing);
+        match self.access()? {
+            Access::Absent => return Ok(RouteReading::Missing),
+            Access::Stopped => {
+                let entries = self.copy_out(&format!("{STATE_DIR}/routes"))?;
+                return Ok(route_reading(&entries));
+            }
+            Access::Running => {}
         }
         let current = format!("{STATE_DIR}/routes/current");
         let link = self.exec(&["readlink", &current], None)?;
@@ -676,8 +733,13 @@ impl Runtime for Compose {
 impl Compose {
     /// The generation numbers present under `routes/`.
     fn generations(&self) -> Result<Vec<u64>> {
-        if !self.has_state()? {
-            return Ok(Vec::new());
+        match self.access()? {
+            Access::Absent => return Ok(Vec::new()),
+            Access::Stopped => {
+                let entries = self.copy_out(&format!("{STATE_DIR}/routes"))?;
+                return Ok(generations_in(&entries));
+            }
+            Access::Running => {}
         }
         let exec = self.exec(&["ls", "-1", &format!("{STATE_DIR}/routes/")], None)?;
         if !exec.ok {
@@ -918,6 +980,139 @@ pub fn lock_busy_message(owner: &str, now: u64, container: &str, dir: &str) -> S
     message
 }
 
+/// What a tar entry is (only what the state directory holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TarKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// One entry of a tar stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TarEntry {
+    /// The path inside the archive, without a trailing `/`.
+    pub path: String,
+    pub kind: TarKind,
+    /// A symlink's target.
+    pub link: String,
+    pub data: Vec<u8>,
+}
+
+/// Parses a (ustar/GNU/PAX) tar stream as `docker cp … -` writes it. GNU long names are
+/// followed; PAX headers are skipped (the state directory's names are short and ASCII).
+pub fn parse_tar(bytes: &[u8]) -> Result<Vec<TarEntry>> {
+    let field = |block: &[u8], range: std::ops::Range<usize>| {
+        let raw = &block[range];
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        String::from_utf8_lossy(&raw[..end]).into_owned()
+    };
+    let mut entries = Vec::new();
+    let mut offset = 0;
+    let mut long_name: Option<String> = None;
+    while offset + 512 <= bytes.len() {
+        let block = &bytes[offset..offset + 512];
+        if block.iter().all(|&b| b == 0) {
+            break;
+        }
+        let size_text = field(block, 124..136);
+        let size = u64::from_str_radix(size_text.trim(), 8)
+            .with_context(|| format!("bad tar size field {size_text:?}"))?
+            as usize;
+        let data_start = offset + 512;
+        let data_end = data_start + size;
+        if data_end > bytes.len() {
+            bail!("the tar stream ends inside an entry");
+        }
+        let data = &bytes[data_start..data_end];
+        let typeflag = block[156];
+        let mut path = field(block, 0..100);
+        if &block[257..262] == b"ustar" {
+            let prefix = field(block, 345..500);
+            if !prefix.is_empty() {
+                path = format!("{prefix}/{path}");
+            }
+        }
+        offset = data_start + size.div_ceil(512) * 512;
+        match typeflag {
+            b'L' => {
+                let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+                long_name = Some(String::from_utf8_lossy(&data[..end]).into_owned());
+                continue;
+            }
+            b'x' | b'g' => continue,
+            _ => {}
+        }
+        if let Some(name) = long_name.take() {
+            path = name;
+        }
+        let kind = match typeflag {
+            b'0' | 0 | b'7' => TarKind::File,
+            b'5' => TarKind::Dir,
+            b'2' => TarKind::Symlink,
+            _ => TarKind::Other,
+        };
+        entries.push(TarEntry {
+            path: path.trim_end_matches('/').to_owned(),
+            kind,
+            link: field(block, 157..257),
+            data: if kind == TarKind::File {
+                data.to_vec()
+            } else {
+                Vec::new()
+            },
+        });
+    }
+    Ok(entries)
+}
+
+/// The route reading from the entries of a copy of `routes/` (entry paths start `routes/`).
+pub fn route_reading(entries: &[TarEntry]) -> RouteReading {
+    let Some(current) = entries.iter().find(|e| e.path == "routes/current") else {
+        return RouteReading::Missing;
+    };
+    if current.kind != TarKind::Symlink {
+        return RouteReading::Unreadable("routes/current is not a symlink".to_owned());
+    }
+    let target = current.link.trim_end_matches('/');
+    let Some(generation) = parse_generation_name(target) else {
+        return RouteReading::Unreadable(format!(
+            "routes/current points at {target:?}, not a gen-<n> folder"
+        ));
+    };
+    let dir = format!("routes/{target}");
+    if !entries
+        .iter()
+        .any(|e| e.path == dir && e.kind == TarKind::Dir)
+    {
+        return RouteReading::Unreadable(format!("routes/current points at a missing {target}"));
+    }
+    let prefix = format!("{dir}/");
+    let listing: String = entries
+        .iter()
+        .filter_map(|e| e.path.strip_prefix(&prefix))
+        .map(|name| format!("{name}\n"))
+        .collect();
+    match parse_buckets(&listing) {
+        Ok(green_buckets) => RouteReading::Active {
+            generation,
+            green_buckets,
+        },
+        Err(err) => RouteReading::Unreadable(format!("{target}: {err}")),
+    }
+}
+
+/// The generation folders in the entries of a copy of `routes/`.
+pub fn generations_in(entries: &[TarEntry]) -> Vec<u64> {
+    entries
+        .iter()
+        .filter(|e| e.kind == TarKind::Dir)
+        .filter_map(|e| e.path.strip_prefix("routes/"))
+        .filter_map(parse_generation_name)
+        .collect()
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1034,6 +1229,70 @@ mod tests {
             let pattern = format!("${{{key}:-{value}}}");
             assert!(files.contains(&pattern), "compose files lack {pattern}");
         }
+    }
+
+    /// A minimal tar writer for the tests (no checksum: the parser does not need one).
+    fn tar(entries: &[(&str, u8, &str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, typeflag, link, data) in entries {
+            let mut block = [0u8; 512];
+            block[..name.len()].copy_from_slice(name.as_bytes());
+            let size = format!("{:011o}", data.len());
+            block[124..135].copy_from_slice(size.as_bytes());
+            block[156] = *typeflag;
+            block[157..157 + link.len()].copy_from_slice(link.as_bytes());
+            block[257..262].copy_from_slice(b"ustar");
+            out.extend_from_slice(&block);
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    #[test]
+    fn a_copied_routes_folder_reads_like_the_live_one() {
+        let bytes = tar(&[
+            ("routes/", b'5', "", b""),
+            ("routes/current", b'2', "gen-7", b""),
+            ("routes/gen-6/", b'5', "", b""),
+            ("routes/gen-7/", b'5', "", b""),
+            ("routes/gen-7/12", b'0', "", b""),
+            ("routes/gen-7/3", b'0', "", b""),
+        ]);
+        let entries = parse_tar(&bytes).unwrap();
+        assert_eq!(
+            route_reading(&entries),
+            RouteReading::Active {
+                generation: 7,
+                green_buckets: vec![3, 12]
+            }
+        );
+        let mut generations = generations_in(&entries);
+        generations.sort_unstable();
+        assert_eq!(generations, vec![6, 7]);
+    }
+
+    #[test]
+    fn a_copied_file_keeps_its_contents() {
+        let body = vec![b'x'; 700];
+        let entries = parse_tar(&tar(&[("state.json", b'0', "", &body)])).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].data, body);
+        assert_eq!(entries[0].kind, TarKind::File);
+    }
+
+    #[test]
+    fn broken_routes_are_reported_not_hidden() {
+        let missing = parse_tar(&tar(&[("routes/", b'5', "", b"")])).unwrap();
+        assert_eq!(route_reading(&missing), RouteReading::Missing);
+        let dangling = parse_tar(&tar(&[("routes/current", b'2', "gen-9", b"")])).unwrap();
+        assert!(
+            matches!(route_reading(&dangling), RouteReading::Unreadable(why) if why.contains("gen-9"))
+        );
+        let file = parse_tar(&tar(&[("routes/current", b'0', "", b"")])).unwrap();
+        assert!(matches!(route_reading(&file), RouteReading::Unreadable(_)));
+        assert!(parse_tar(&tar(&[("a", b'0', "", b"abc")])[..514]).is_err());
     }
 
     #[test]
