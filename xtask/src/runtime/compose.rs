@@ -29,9 +29,7 @@
 
 use std::{
     cell::RefCell,
-    fs,
     net::Ipv4Addr,
-    os::unix::fs::PermissionsExt,
     path::PathBuf,
     process::Command,
     thread,
@@ -284,13 +282,17 @@ impl Compose {
         })
     }
 
-    /// Copies the local folder `dir`'s contents into `dest` (absolute) in the nginx container.
-    fn copy_in(&self, dir: &std::path::Path, dest: &str) -> Result<()> {
+    /// Extracts `entries` (paths relative to `dest`) into `dest` (absolute) in the nginx
+    /// container: a tar stream made here, owned by root whoever runs this (a copied folder
+    /// would keep the operator's uid, which root in the container, without
+    /// `CAP_DAC_OVERRIDE`, could then not change).
+    fn copy_in(&self, entries: &[(String, TarKind, &str)], dest: &str) -> Result<()> {
         let id = self.nginx()?;
-        let src = format!("{}/.", dir.display());
-        let dest = format!("{id}:{dest}");
-        cmd!(self.sh, "docker cp {src} {dest}")
+        let archive = tar_archive(entries);
+        let target = format!("{id}:{dest}");
+        cmd!(self.sh, "docker cp - {target}")
             .quiet()
+            .stdin(archive)
             .run()
             .with_context(|| format!("docker cp into {dest}"))
     }
@@ -379,19 +381,13 @@ impl Runtime for Compose {
         // The container exists but is stopped: seed the volume through `docker cp` (which works
         // on stopped containers), then start it.
         let id = self.nginx()?;
-        let seed = std::env::temp_dir().join(format!("mldeploy-seed-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&seed);
-        let result = (|| {
-            for dir in ["", "nginx", "routes"] {
-                let path = seed.join(dir);
-                fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-            }
-            fs::write(seed.join("nginx/nginx.conf"), nginx_conf).context("write nginx.conf")?;
-            self.copy_in(&seed, STATE_DIR)
-        })();
-        let _ = fs::remove_dir_all(&seed);
-        result.context("install nginx's config into the state volume")?;
+        let seed = [
+            ("nginx".to_owned(), TarKind::Dir, ""),
+            ("nginx/nginx.conf".to_owned(), TarKind::File, nginx_conf),
+            ("routes".to_owned(), TarKind::Dir, ""),
+        ];
+        self.copy_in(&seed, STATE_DIR)
+            .context("install nginx's config into the state volume")?;
         cmd!(self.sh, "docker start {id}")
             .quiet()
             .ignore_stdout()
@@ -583,31 +579,21 @@ impl Runtime for Compose {
     fn install_generation(&self, generation: u64, green_buckets: &[u16]) -> Result<()> {
         self.state_container()?;
         let name = generation_name(generation);
-        let local = std::env::temp_dir().join(format!(
-            "mldeploy-routes-{}-{generation}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&local);
+        let mut entries = vec![(name.clone(), TarKind::Dir, "")];
+        entries.extend(
+            green_buckets
+                .iter()
+                .map(|bucket| (format!("{name}/{bucket}"), TarKind::File, "")),
+        );
         let result = (|| {
-            let dir = local.join(&name);
-            fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-            for path in [&local, &dir] {
-                fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
-            }
-            for bucket in green_buckets {
-                let file = dir.join(bucket.to_string());
-                fs::write(&file, "").with_context(|| format!("create {}", file.display()))?;
-                fs::set_permissions(&file, fs::Permissions::from_mode(0o644))?;
-            }
             let remote = format!("{STATE_DIR}/routes/{name}");
             self.exec_ok(
                 "remove a leftover generation",
                 &["rm", "-rf", &remote],
                 None,
             )?;
-            self.copy_in(&local, &format!("{STATE_DIR}/routes"))
+            self.copy_in(&entries, &format!("{STATE_DIR}/routes"))
         })();
-        let _ = fs::remove_dir_all(&local);
         result.with_context(|| format!("install route generation {generation}"))
     }
 
@@ -1216,6 +1202,43 @@ pub fn parse_tar(bytes: &[u8]) -> Result<Vec<TarEntry>> {
     Ok(entries)
 }
 
+/// A tar stream of `entries` (folders 0755, files 0644, owned by root), readable by nginx's
+/// workers.
+pub fn tar_archive(entries: &[(String, TarKind, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (path, kind, contents) in entries {
+        let (mode, typeflag, data): (&str, u8, &[u8]) = match kind {
+            TarKind::Dir => ("0000755", b'5', b""),
+            _ => ("0000644", b'0', contents.as_bytes()),
+        };
+        let name = if *kind == TarKind::Dir {
+            format!("{path}/")
+        } else {
+            path.clone()
+        };
+        let mut block = [0u8; 512];
+        let name = name.as_bytes();
+        block[..name.len().min(100)].copy_from_slice(&name[..name.len().min(100)]);
+        block[100..107].copy_from_slice(mode.as_bytes());
+        block[108..115].copy_from_slice(b"0000000");
+        block[116..123].copy_from_slice(b"0000000");
+        block[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
+        let mtime = format!("{:011o}", now_secs());
+        block[136..147].copy_from_slice(mtime.as_bytes());
+        block[156] = typeflag;
+        block[257..263].copy_from_slice(b"ustar\0");
+        block[263..265].copy_from_slice(b"00");
+        block[148..156].copy_from_slice(b"        ");
+        let checksum: u32 = block.iter().map(|&b| u32::from(b)).sum();
+        block[148..155].copy_from_slice(format!("{checksum:06o}\0").as_bytes());
+        out.extend_from_slice(&block);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
 /// The route reading from the entries of a copy of `routes/` (entry paths start `routes/`).
 pub fn route_reading(entries: &[TarEntry]) -> RouteReading {
     let Some(current) = entries.iter().find(|e| e.path == "routes/current") else {
@@ -1342,7 +1365,7 @@ mod tests {
         );
         let files: String = COMPOSE_FILES
             .iter()
-            .map(|f| fs::read_to_string(util::project_root().join(f)).unwrap())
+            .map(|f| std::fs::read_to_string(util::project_root().join(f)).unwrap())
             .collect();
         let mut used: Vec<&str> = files
             .split("${")
@@ -1372,7 +1395,7 @@ mod tests {
         );
         let files: String = COMPOSE_FILES
             .iter()
-            .map(|f| fs::read_to_string(util::project_root().join(f)).unwrap())
+            .map(|f| std::fs::read_to_string(util::project_root().join(f)).unwrap())
             .collect();
         for (key, value) in env.iter().filter(|(k, _)| !k.ends_with("_IMAGE")) {
             let pattern = format!("${{{key}:-{value}}}");
@@ -1420,6 +1443,37 @@ mod tests {
         let mut generations = generations_in(&entries);
         generations.sort_unstable();
         assert_eq!(generations, vec![6, 7]);
+    }
+
+    #[test]
+    fn archives_made_here_read_back() {
+        let entries = [
+            ("gen-3".to_owned(), TarKind::Dir, ""),
+            ("gen-3/17".to_owned(), TarKind::File, ""),
+            ("nginx.conf".to_owned(), TarKind::File, "events {}\n"),
+        ];
+        let bytes = tar_archive(&entries);
+        assert_eq!(bytes.len() % 512, 0);
+        let back = parse_tar(&bytes).unwrap();
+        let summary: Vec<(&str, TarKind, &[u8])> = back
+            .iter()
+            .map(|e| (e.path.as_str(), e.kind, e.data.as_slice()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("gen-3", TarKind::Dir, &b""[..]),
+                ("gen-3/17", TarKind::File, &b""[..]),
+                ("nginx.conf", TarKind::File, &b"events {}\n"[..]),
+            ]
+        );
+        // The checksum is the one tar(1) verifies: the header's bytes, the field as spaces.
+        let header = &bytes[..512];
+        let mut sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+        sum -= header[148..156].iter().map(|&b| u32::from(b)).sum::<u32>();
+        sum += 8 * u32::from(b' ');
+        let field = String::from_utf8_lossy(&header[148..154]).into_owned();
+        assert_eq!(u32::from_str_radix(&field, 8).unwrap(), sum);
     }
 
     #[test]
