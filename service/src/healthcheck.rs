@@ -1,21 +1,31 @@
 //! `ml-service healthcheck`: asks this service's own `/health` and reports, for container health
 //! checks in an image that has no shell and no curl.
 //!
-//! Steps: connect to 127.0.0.1:`PORT`; send `GET /health`; succeed on a 200 whose body says
-//! `"status":"ok"`. Plain `std::net`, so it works in a static binary with no `/etc` files.
+//! Steps: connect to `HOST:PORT` (loopback when `HOST` is every interface, the default); send
+//! `GET /health`; succeed on a 200 whose body says `"status":"ok"`. Plain `std::net`, so it works in a static binary with no `/etc` files.
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     time::Duration,
 };
 
 /// How long the whole check may take.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Checks `http://127.0.0.1:{port}/health`. Returns the body on success, the reason otherwise.
-pub fn check(port: u16, timeout: Duration) -> Result<String, String> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+/// The address to check for a service listening on `host:port`: loopback for an unspecified
+/// host (`0.0.0.0` or `::`), the host itself otherwise.
+pub fn target(host: IpAddr, port: u16) -> SocketAddr {
+    let host = if host.is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host
+    };
+    SocketAddr::new(host, port)
+}
+
+/// Checks `http://{addr}/health`. Returns the body on success, the reason otherwise.
+pub fn check(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .map_err(|err| format!("cannot connect to {addr}: {err}"))?;
     stream
@@ -56,6 +66,18 @@ pub fn judge(response: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unspecified_host_is_checked_on_loopback() {
+        assert_eq!(
+            target("0.0.0.0".parse().unwrap(), 8081).to_string(),
+            "127.0.0.1:8081"
+        );
+        assert_eq!(
+            target("10.1.2.3".parse().unwrap(), 80).to_string(),
+            "10.1.2.3:80"
+        );
+    }
 
     #[test]
     fn only_a_200_saying_ok_is_healthy() {

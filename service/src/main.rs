@@ -2,7 +2,7 @@
 //!
 //! - `ml-service`: load and verify the model (refuse to start on any problem), listen, serve
 //!   until SIGTERM or SIGINT, drain in-flight requests (at most `SHUTDOWN_TIMEOUT_SECS`), exit 0;
-//! - `ml-service healthcheck`: ask this service's own `/health` on `PORT`; exit 0 if healthy.
+//! - `ml-service healthcheck`: ask this service's own `/health` on `HOST:PORT`; exit 0 if healthy.
 
 use std::process::ExitCode;
 
@@ -16,7 +16,7 @@ use service::{
 
 const USAGE: &str = "usage: ml-service [healthcheck]
   (no argument)  serve the model; environment: MODEL_PATH, MODEL_VERSION, HOST, PORT, SHUTDOWN_TIMEOUT_SECS, RUST_LOG, LOG_FORMAT
-  healthcheck    check http://127.0.0.1:$PORT/health and exit 0 if healthy, 1 otherwise";
+  healthcheck    check http://$HOST:$PORT/health (loopback when HOST is 0.0.0.0) and exit 0 if healthy, 1 otherwise";
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
@@ -84,14 +84,14 @@ fn refuse(reason: &str) -> ExitCode {
 }
 
 fn healthcheck() -> ExitCode {
-    let port = match Config::from_env() {
-        Ok(config) => config.port,
+    let addr = match Config::from_env() {
+        Ok(config) => healthcheck::target(config.host, config.port),
         Err(err) => {
             eprintln!("unhealthy: {err:#}");
             return ExitCode::FAILURE;
         }
     };
-    match healthcheck::check(port, healthcheck::TIMEOUT) {
+    match healthcheck::check(addr, healthcheck::TIMEOUT) {
         Ok(body) => {
             println!("{body}");
             ExitCode::SUCCESS
