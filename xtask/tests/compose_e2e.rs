@@ -25,7 +25,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     thread::{self, JoinHandle},
@@ -61,12 +61,22 @@ fn engine_available() -> bool {
     false
 }
 
+/// A port nothing listens on, below Linux's ephemeral range (32768+) so that no outgoing
+/// connection can take it before Docker publishes it, and apart from the range the local
+/// runtime's tests use (20000+). The bind check (on every address: the balancer's port is
+/// public) skips ports in use.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let offset = (std::process::id() as usize * 7919) % 5_000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 14_000 + ((offset + n * 13) % 6_000) as u16;
+        if TcpListener::bind(("0.0.0.0", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
 }
 
 fn project_root() -> PathBuf {
