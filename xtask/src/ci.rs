@@ -84,6 +84,8 @@ impl flags::Ci {
                 }
                 let test_flags: Vec<String> =
                     tests.iter().flat_map(|name| ["--test".to_owned(), name.clone()]).collect();
+                // The engine may have stopped since set-up; start it again rather than fail.
+                crate::engine::ensure_engine(sh)?;
                 let _require = sh.push_env("MLDEPLOY_REQUIRE_DOCKER", "1");
                 cmd!(sh, "cargo test --locked -p xtask {test_flags...} -- --include-ignored --test-threads 1")
                     .run()

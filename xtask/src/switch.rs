@@ -420,6 +420,8 @@ pub(crate) fn wait_healthy(
 ) -> Result<()> {
     let url = ctx.rt.url(Part::Color(color));
     let start = Instant::now();
+    const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+    let mut next_report = PROGRESS_EVERY;
     let last = loop {
         let err = match gate::health(&ctx.client, &url) {
             Ok((status, body)) => match gate::check_health(status, &body, Some(version)) {
@@ -430,6 +432,17 @@ pub(crate) fn wait_healthy(
         };
         if !ctx.rt.is_running(Part::Color(color)).unwrap_or(true) {
             break err.context(format!("{color} exited"));
+        }
+        // Progress for a person watching: which color, what it answers, how long so far.
+        if start.elapsed() >= next_report {
+            let why = format!("{err:#}");
+            let why = why.lines().next().unwrap_or_default();
+            println!(
+                "  waiting for {color} ({version}) on {url}: running, not healthy yet ({why}); {:.0} s of {:.0} s",
+                start.elapsed().as_secs_f64(),
+                timeout.as_secs_f64()
+            );
+            next_report += PROGRESS_EVERY;
         }
         if start.elapsed() > timeout {
             break err.context(format!(
