@@ -265,7 +265,11 @@ pub(crate) fn execute(ctx: &Ctx, request: Request) -> Result<DeployState> {
         if let Err(err) =
             gate::check_color(&ctx.client, &who, &ctx.rt.url(Part::Color(color)), &version)
         {
-            let err = err.context(format!("{name} refused: traffic stays {}", plan.from));
+            let hint = match ctx.rt.is_running(Part::Color(color)) {
+                Ok(false) => format!(" ({color} is not running: `cargo xtask up` starts it again)"),
+                _ => String::new(),
+            };
+            let err = err.context(format!("{name} refused: traffic stays {}{hint}", plan.from));
             op.result = Outcome::Refused;
             op.reason = Some(format!("{err:#}"));
             op.duration_secs = start.elapsed().as_secs_f64();
