@@ -220,11 +220,22 @@ pub(crate) fn route(ctx: &Ctx, live: &Live, split: Split) -> Result<u64> {
 pub(crate) fn execute(ctx: &Ctx, request: Request) -> Result<DeployState> {
     let start = Instant::now();
     let live = read_live(ctx)?;
+    let name = request.name();
+    // Nothing recorded, no route and no balancer: there is no deployment to operate on, and
+    // starting parts of one here would only hide the missing `up`.
+    if live.recorded.is_none()
+        && live.reading == RouteReading::Missing
+        && !ctx.rt.is_running(Part::Balancer).unwrap_or(true)
+    {
+        bail!(
+            "{name}: nothing is deployed on the {} runtime: run `cargo xtask up` first",
+            ctx.rt.name()
+        );
+    }
     if let Some(problem) = &live.problem {
         println!("warning: {problem}");
     }
     let base = live.state(&ctx.config);
-    let name = request.name();
     let mut op = Operation {
         time: domain::now_rfc3339(),
         operation: name.to_owned(),

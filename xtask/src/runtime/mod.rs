@@ -31,7 +31,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::{config::DeployConfig, domain::Color, flags, nginx::NginxParams};
+use crate::{config::DeployConfig, domain::Color, flags, nginx::NginxParams, util::project_root};
 
 /// A part of the deployment the runtime starts and stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +143,15 @@ pub fn open(sh: &Shell, global: &flags::Global, config: &DeployConfig) -> Result
             compose::Compose::new(sh, config).context("open the compose runtime")?,
         )),
         flags::RuntimeKind::Auto => {
+            // A running local deployment wins: starting Docker later must not make the next
+            // command operate on a different (empty) deployment.
+            if config
+                .local_state_dir(&project_root())
+                .join("state.json")
+                .is_file()
+            {
+                return Ok(Box::new(local::Local::new(sh, config)?));
+            }
             if docker_answers(sh) {
                 if let Ok(compose) = compose::Compose::new(sh, config) {
                     return Ok(Box::new(compose));
