@@ -174,8 +174,26 @@ pub struct Rollback {}
 #[derive(Debug, Args)]
 pub struct Canary {
     /// Percentage of requests the standby color takes (0 cancels, 100 completes).
-    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
-    pub percent: u8,
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100), required_unless_present = "steps", conflicts_with = "steps")]
+    pub percent: Option<u8>,
+    /// A stepped rollout instead: the percentages to go through, e.g. `10,25,50,100`. After each
+    /// step but the last, the canary color's own metrics are analysed over `--hold`; a breach
+    /// returns all traffic to the stable color and fails.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub steps: Option<Vec<u8>>,
+    /// Seconds to hold each step before analysing it.
+    #[arg(long, default_value_t = 30)]
+    pub hold: u64,
+    /// Highest share of the canary's prediction requests that may fail with a 5xx during a step.
+    #[arg(long, default_value_t = 0.01)]
+    pub max_error_rate: f64,
+    /// Highest p99 latency of the canary's prediction requests during a step, in milliseconds.
+    #[arg(long, default_value_t = 250.0)]
+    pub max_p99_ms: f64,
+    /// Fewest prediction requests the canary must answer during a step for it to be judged;
+    /// fewer is a breach (no evidence is not good evidence).
+    #[arg(long, default_value_t = 0)]
+    pub min_requests: u64,
 }
 
 #[derive(Debug, Args)]

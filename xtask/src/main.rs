@@ -16,6 +16,7 @@ mod util;
 
 mod bench;
 mod build;
+mod canary;
 mod ci;
 mod deploy;
 mod publish;

@@ -53,20 +53,6 @@ impl flags::Rollback {
     }
 }
 
-impl flags::Canary {
-    pub(crate) fn run(self, sh: &Shell, global: &flags::Global) -> Result<()> {
-        let ctx = Ctx::open(sh, global)?;
-        let _lock = ctx.lock(&format!("canary --percent {}", self.percent))?;
-        execute(
-            &ctx,
-            Request::Canary {
-                percent: self.percent,
-            },
-        )
-        .map(drop)
-    }
-}
-
 /// What every deployment command needs: the configuration, the runtime, an HTTP client.
 pub(crate) struct Ctx {
     pub config: DeployConfig,
