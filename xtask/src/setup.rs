@@ -130,7 +130,7 @@ pub fn ensure_commands(sh: &Shell, needs: &[Need]) -> Result<()> {
     let install = &packages;
     cmd!(
         sh,
-        "apt-get install -y -q --no-install-recommends {install...}"
+        "apt-get install -y -q {install...}"
     )
     .quiet()
     .ignore_stdout()
