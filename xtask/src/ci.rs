@@ -32,7 +32,8 @@ impl flags::Ci {
         steps.run("set-up", || {
             let mut needs = vec![setup::NGINX, setup::WRK];
             if !self.no_docker {
-                needs.extend([setup::DOCKER, setup::DOCKER_COMPOSE, setup::DEBOOTSTRAP]);
+                // debootstrap is installed when an offline nginx image is needed, not before.
+                needs.extend(setup::docker_needs(sh));
             }
             setup::ensure_commands(sh, &needs)?;
             if !self.no_docker {

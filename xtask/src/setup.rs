@@ -46,7 +46,8 @@ impl flags::Setup {
         if self.deploy_target {
             return deploy_target(sh);
         }
-        let needs = [NGINX, WRK, DOCKER, DOCKER_COMPOSE, DEBOOTSTRAP];
+        let mut needs = vec![NGINX, WRK, DEBOOTSTRAP];
+        needs.extend(docker_needs(sh));
         if self.check {
             let missing = missing(&needs);
             if missing.is_empty() {
@@ -93,8 +94,9 @@ fn missing(needs: &[Need]) -> Vec<Need> {
         .collect()
 }
 
-/// Installs whatever of `needs` is missing, from Debian's packages. Fails with the exact command
-/// to run when installing is not possible here (not root, or no `apt-get`).
+/// Installs whatever of `needs` is missing, from Debian's packages, as root or through
+/// password-less `sudo` (as on GitHub's runners). Fails with the exact command to run when
+/// installing is not possible here.
 pub fn ensure_commands(sh: &Shell, needs: &[Need]) -> Result<()> {
     let missing = missing(needs);
     if missing.is_empty() {
@@ -107,7 +109,14 @@ pub fn ensure_commands(sh: &Shell, needs: &[Need]) -> Result<()> {
         .read()
         .map(|uid| uid.trim() == "0")
         .unwrap_or(false);
-    if !is_root || !has_command("apt-get") {
+    let sudo = !is_root
+        && has_command("sudo")
+        && cmd!(sh, "sudo -n true")
+            .quiet()
+            .ignore_stderr()
+            .run()
+            .is_ok();
+    if !(is_root || sudo) || !has_command("apt-get") {
         bail!(
             "missing {}: install {} (on Debian or Ubuntu: `sudo apt-get install -y {}`), then run this again",
             commands.join(", "),
@@ -120,22 +129,30 @@ pub fn ensure_commands(sh: &Shell, needs: &[Need]) -> Result<()> {
         packages.join(", "),
         commands.join(", ")
     );
-    let _frontend = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
+    // As root: `apt-get …`; otherwise `sudo -n env DEBIAN_FRONTEND=noninteractive apt-get …`.
+    let apt = |args: &[&str]| {
+        if sudo {
+            sh.cmd("sudo")
+                .args(["-n", "env", "DEBIAN_FRONTEND=noninteractive", "apt-get"])
+                .args(args)
+        } else {
+            sh.cmd("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(args)
+        }
+    };
     // A stale package index makes installs fail with 404s; refresh it once first.
-    cmd!(sh, "apt-get update -q")
+    apt(&["update", "-q"])
         .quiet()
         .ignore_stdout()
         .run()
         .context("refresh the package index (apt-get update)")?;
-    let install = &packages;
-    cmd!(
-        sh,
-        "apt-get install -y -q {install...}"
-    )
-    .quiet()
-    .ignore_stdout()
-    .run()
-    .with_context(|| format!("install {}", packages.join(" ")))?;
+    apt(&["install", "-y", "-q"])
+        .args(&packages)
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .with_context(|| format!("install {}", packages.join(" ")))?;
     let still = missing_after(needs);
     if !still.is_empty() {
         bail!(
@@ -146,6 +163,27 @@ pub fn ensure_commands(sh: &Shell, needs: &[Need]) -> Result<()> {
     }
     println!("installed {}", packages.join(", "));
     Ok(())
+}
+
+/// What the compose runtime needs that is missing here: the engine (`dockerd`) unless one
+/// already answers (a remote `DOCKER_HOST`, say), and a compose CLI unless `docker compose`
+/// (v2) or `docker-compose` (v1) works.
+pub fn docker_needs(sh: &Shell) -> Vec<Need> {
+    let mut needs = Vec::new();
+    if !crate::engine::engine_answers(sh) {
+        needs.push(DOCKER);
+    }
+    let compose_v2 = has_command("docker")
+        && cmd!(sh, "docker compose version")
+            .quiet()
+            .ignore_stdout()
+            .ignore_stderr()
+            .run()
+            .is_ok();
+    if !compose_v2 {
+        needs.push(DOCKER_COMPOSE);
+    }
+    needs
 }
 
 fn missing_after(needs: &[Need]) -> Vec<&'static str> {
