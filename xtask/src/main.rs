@@ -44,8 +44,13 @@ fn main() -> ExitCode {
 fn try_main() -> anyhow::Result<()> {
     let flags = <flags::Xtask as clap::Parser>::parse();
     let sh = Shell::new()?;
+    let mut global = flags.global;
+    // A relative `--config` means the caller's folder when the file is there, else the project
+    // root, so `cargo xtask status` works from any folder of the checkout.
+    if global.config.is_relative() && !global.config.exists() {
+        global.config = util::project_root().join(&global.config);
+    }
     sh.change_dir(util::project_root());
-    let global = flags.global;
     match flags.command {
         flags::Command::Train(cmd) => cmd.run(&sh),
         flags::Command::TrainV1_1(cmd) => cmd.run(&sh),
