@@ -190,9 +190,10 @@ pub fn render_text(r: &Report) -> String {
         |c| format!("{c} takes all traffic"),
     );
     out += &format!(
-        "{active} (generation {}, since {})\n",
+        "{active} (generation {}, since {}, {} runtime)\n",
         r.generation,
-        r.since.as_deref().unwrap_or("?")
+        r.since.as_deref().unwrap_or("?"),
+        r.runtime
     );
     out += &format!(
         "balancer  {}  {}\n",
