@@ -22,7 +22,7 @@ pub struct Need {
 
 pub const NGINX: Need = Need {
     command: "nginx",
-    package: "nginx-light",
+    package: "nginx",
 };
 pub const WRK: Need = Need {
     command: "wrk",
