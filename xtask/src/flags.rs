@@ -23,7 +23,8 @@ pub struct Xtask {
 #[derive(Debug, Clone, Args)]
 pub struct Global {
     /// Where the colors and nginx run: containers through a Docker engine, or local processes.
-    /// `auto` picks compose when a Docker engine answers, local otherwise.
+    /// `auto` keeps a running local deployment, else picks compose when a Docker engine
+    /// answers, local otherwise.
     #[arg(long, global = true, value_enum, default_value_t = RuntimeKind::Auto, env = "MLDEPLOY_RUNTIME")]
     pub runtime: RuntimeKind,
     /// The deploy configuration (ports, versions, buckets, images).
@@ -64,7 +65,8 @@ pub enum Command {
     Switch(Switch),
     /// Return to the state before the last operation.
     Rollback(Rollback),
-    /// Send a percentage of traffic to the standby color (0 cancels, 100 completes).
+    /// Send a percentage of traffic to the standby color (0 cancels, 100 completes), or step
+    /// through a rollout judged from the canary's metrics (`--steps 10,25,50,100`).
     Canary(Canary),
     /// Put a model version on the standby color, gate it, then switch to it.
     Deploy(Deploy),
