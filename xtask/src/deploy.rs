@@ -53,6 +53,16 @@ impl flags::Deploy {
             reason: None,
         };
 
+        // The live version again is a redeploy (a new build of the service, say): the standby's
+        // current version stops being the rollback target. Say so, since it is easy to miss.
+        if state.version(active) == Some(self.version.as_str()) {
+            if let Some(old) = old.as_deref().filter(|old| *old != self.version) {
+                println!(
+                    "note: {} is already live on {active}; redeploying it replaces {old} on {standby}, so a rollback will return to {active}'s current build of {}",
+                    self.version, self.version
+                );
+            }
+        }
         println!(
             "deploying {} to {standby} (standby; {active} keeps serving)…",
             self.version
