@@ -28,7 +28,7 @@ impl flags::Build {
         let offline = self.offline || images::offline_from_env();
         let nginx = images::resolve_nginx_image(sh, &config.compose.nginx_image, offline)
             .context("provide the nginx image")?;
-        println!("build: {} and {nginx} are ready", image.tags()[0]);
+        crate::say!("build: {} and {nginx} are ready", image.tags()[0]);
         Ok(())
     }
 }

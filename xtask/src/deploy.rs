@@ -57,13 +57,13 @@ impl flags::Deploy {
         // current version stops being the rollback target. Say so, since it is easy to miss.
         if state.version(active) == Some(self.version.as_str()) {
             if let Some(old) = old.as_deref().filter(|old| *old != self.version) {
-                println!(
+                crate::say!(
                     "note: {} is already live on {active}; redeploying it replaces {old} on {standby}, so a rollback will return to {active}'s current build of {}",
                     self.version, self.version
                 );
             }
         }
-        println!(
+        crate::say!(
             "deploying {} to {standby} (standby; {active} keeps serving)…",
             self.version
         );
@@ -81,7 +81,7 @@ impl flags::Deploy {
         }
         state.versions.insert(standby, self.version.clone());
         switch::record_state(&ctx, &state)?;
-        println!(
+        crate::say!(
             "deployed {} to {standby} in {:.2} s",
             self.version,
             start.elapsed().as_secs_f64()
@@ -112,7 +112,7 @@ impl flags::Deploy {
         op.duration_secs = start.elapsed().as_secs_f64();
         op.generation = switch::read_live(&ctx)?.generation();
         ctx.log_operation(&op)?;
-        println!(
+        crate::say!(
             "deploy: {} on {standby}{} in {:.2} s",
             self.version,
             if self.no_switch {
@@ -142,16 +142,16 @@ fn restore(ctx: &Ctx, color: Color, old: Option<&str>) {
     let Some(old) = old else { return };
     let url = ctx.rt.url(Part::Color(color));
     if gate::healthy_version(&ctx.client, &url).ok().as_deref() == Some(old) {
-        println!("{color} still serves {old}");
+        crate::say!("{color} still serves {old}");
         return;
     }
-    println!("restoring {color} to {old}…");
+    crate::say!("restoring {color} to {old}…");
     let restored = ctx
         .rt
         .start_color(color, old)
         .and_then(|()| switch::wait_healthy(ctx, color, old, ctx.config.timeouts.healthy));
     match restored {
-        Ok(()) => println!("restored {color} to {old}"),
-        Err(err) => println!("warning: could not restore {color} to {old}: {err:#}"),
+        Ok(()) => crate::say!("restored {color} to {old}"),
+        Err(err) => crate::say!("warning: could not restore {color} to {old}: {err:#}"),
     }
 }

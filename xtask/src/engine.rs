@@ -61,7 +61,7 @@ pub fn ensure_engine(sh: &Shell) -> Result<()> {
         );
     }
     let log = engine_log_path();
-    println!(
+    crate::say!(
         "starting the Docker engine ({}, log: {})…",
         dockerd.display(),
         log.display()
@@ -86,7 +86,7 @@ pub fn ensure_engine(sh: &Shell) -> Result<()> {
             tail(&log, 15)
         )
     })?;
-    println!(
+    crate::say!(
         "started the Docker engine in {:.1} s",
         started.elapsed().as_secs_f64()
     );

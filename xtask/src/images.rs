@@ -167,7 +167,7 @@ pub fn build_service_binary(sh: &Shell) -> Result<PathBuf> {
             .to_owned();
     }
     let _flags = sh.push_env("RUSTFLAGS", rustflags);
-    println!("building the static service binary ({SERVICE_TARGET}, release)…");
+    crate::say!("building the static service binary ({SERVICE_TARGET}, release)…");
     let started = Instant::now();
     let target = SERVICE_TARGET;
     cmd!(
@@ -182,7 +182,7 @@ pub fn build_service_binary(sh: &Shell) -> Result<PathBuf> {
     if !binary.is_file() {
         bail!("the build finished but {} is missing", binary.display());
     }
-    println!(
+    crate::say!(
         "built {} in {:.1} s",
         binary.display(),
         started.elapsed().as_secs_f64()
@@ -236,7 +236,7 @@ pub fn build_service_image(sh: &Shell, image: &ServiceImage, binary: &Path) -> R
         args.push(format!("{key}={value}"));
     }
     let _builder = (!buildx_available(sh)).then(|| sh.push_env("DOCKER_BUILDKIT", "0"));
-    println!("building image {versioned}…");
+    crate::say!("building image {versioned}…");
     let started = Instant::now();
     cmd!(sh, "docker build --file Dockerfile {args...} .")
         .quiet()
@@ -244,7 +244,7 @@ pub fn build_service_image(sh: &Shell, image: &ServiceImage, binary: &Path) -> R
         .run()
         .with_context(|| format!("docker build {versioned}"))?;
     let size = image_size(sh, &versioned)?;
-    println!(
+    crate::say!(
         "built {versioned} (also {latest}) in {:.1} s: {:.1} MB",
         started.elapsed().as_secs_f64(),
         size as f64 / 1e6
@@ -274,7 +274,7 @@ pub fn ensure_service_image(sh: &Shell, name: &str, reference: &str) -> Result<(
     if image_exists(sh, reference) {
         return Ok(());
     }
-    println!("image {reference} is missing: building it");
+    crate::say!("image {reference} is missing: building it");
     let binary = build_service_binary(sh)?;
     let image = service_image(sh, name)?;
     build_service_image(sh, &image, &binary)?;
@@ -299,16 +299,16 @@ pub fn resolve_nginx_image(sh: &Shell, configured: &str, offline: bool) -> Resul
         return Ok(DEBIAN_NGINX_IMAGE.to_owned());
     }
     if !offline {
-        println!(
+        crate::say!(
             "pulling {configured} (at most {} s)…",
             PULL_TIMEOUT.as_secs()
         );
         match pull(configured, PULL_TIMEOUT) {
             Ok(()) => {
-                println!("pulled {configured}");
+                crate::say!("pulled {configured}");
                 return Ok(configured.to_owned());
             }
-            Err(err) => println!(
+            Err(err) => crate::say!(
                 "cannot pull {configured} ({err:#}): building nginx from Debian's packages"
             ),
         }
@@ -362,7 +362,7 @@ pub fn build_debian_nginx(sh: &Shell, image: &str) -> Result<()> {
     if dir.exists() {
         fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
     }
-    println!(
+    crate::say!(
         "building {image} from Debian {DEBIAN_SUITE}'s nginx (debootstrap, takes a minute or two)…"
     );
     let started = Instant::now();
@@ -381,7 +381,7 @@ pub fn build_debian_nginx(sh: &Shell, image: &str) -> Result<()> {
     })();
     let _ = fs::remove_dir_all(&dir);
     result?;
-    println!(
+    crate::say!(
         "built {image} in {:.0} s: {:.1} MB",
         started.elapsed().as_secs_f64(),
         image_size(sh, image)? as f64 / 1e6

@@ -33,7 +33,7 @@ impl flags::Publish {
         let versions = model_versions()?;
         let repository = registry_repository(&self.registry)?;
         let tags = tags(&revision, &versions);
-        println!("publishing {local} to {repository} as {}…", tags.join(", "));
+        crate::say!("publishing {local} to {repository} as {}…", tags.join(", "));
         for tag in &tags {
             let target = format!("{repository}:{tag}");
             cmd!(sh, "docker tag {local} {target}")
@@ -43,7 +43,7 @@ impl flags::Publish {
                 format!("push {target} (logged in to the registry? `docker login`)")
             })?;
         }
-        println!("published {repository} ({} tags)", tags.len());
+        crate::say!("published {repository} ({} tags)", tags.len());
         Ok(())
     }
 }

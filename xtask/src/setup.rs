@@ -51,13 +51,14 @@ impl flags::Setup {
         if self.check {
             let missing = missing(&needs);
             if missing.is_empty() {
-                println!("setup: everything is installed");
+                crate::say!("setup: everything is installed");
                 return Ok(());
             }
             for need in &missing {
-                println!(
+                crate::say!(
                     "missing: `{}` (Debian package `{}`)",
-                    need.command, need.package
+                    need.command,
+                    need.package
                 );
             }
             bail!(
@@ -67,7 +68,7 @@ impl flags::Setup {
         }
         ensure_commands(sh, &needs)?;
         crate::engine::ensure_engine(sh)?;
-        println!("setup: done");
+        crate::say!("setup: done");
         Ok(())
     }
 }
@@ -124,7 +125,7 @@ pub fn ensure_commands(sh: &Shell, needs: &[Need]) -> Result<()> {
             packages.join(" ")
         );
     }
-    println!(
+    crate::say!(
         "installing {} (for {})…",
         packages.join(", "),
         commands.join(", ")
@@ -161,7 +162,7 @@ pub fn ensure_commands(sh: &Shell, needs: &[Need]) -> Result<()> {
             still.join("`, `")
         );
     }
-    println!("installed {}", packages.join(", "));
+    crate::say!("installed {}", packages.join(", "));
     Ok(())
 }
 
@@ -238,7 +239,7 @@ impl DeployTarget {
 fn deploy_target(sh: &Shell) -> Result<()> {
     let target = DeployTarget::from_env(|name| std::env::var(name).ok())?;
     let Some(target) = target else {
-        println!(
+        crate::say!(
             "no deploy target configured (DEPLOY_SSH_HOST is empty): deploying on this machine"
         );
         return crate::engine::ensure_engine(sh);
@@ -285,9 +286,11 @@ fn deploy_target(sh: &Shell) -> Result<()> {
                 .open(&github_env)
                 .context("open $GITHUB_ENV")?;
             writeln!(file, "DOCKER_HOST={docker_host}").context("write $GITHUB_ENV")?;
-            println!("deploy target: {docker_host} (exported as DOCKER_HOST for the next steps)");
+            crate::say!(
+                "deploy target: {docker_host} (exported as DOCKER_HOST for the next steps)"
+            );
         }
-        _ => println!(
+        _ => crate::say!(
             "deploy target: run `export DOCKER_HOST={docker_host}` before the next commands"
         ),
     }
@@ -298,7 +301,7 @@ fn deploy_target(sh: &Shell) -> Result<()> {
         .ignore_stdout()
         .run()
         .with_context(|| format!("the Docker engine at {docker_host} does not answer: check the host, user, key and that the user may use Docker"))?;
-    println!("deploy target answers: {docker_host}");
+    crate::say!("deploy target answers: {docker_host}");
     Ok(())
 }
 

@@ -55,15 +55,15 @@ impl flags::Smoke {
         let mut failed = 0;
         for (name, result) in &checks {
             match result {
-                Ok(detail) => println!("ok    {name}: {detail}"),
+                Ok(detail) => crate::say!("ok    {name}: {detail}"),
                 Err(err) => {
                     failed += 1;
-                    println!("FAIL  {name}: {err:#}");
+                    crate::say!("FAIL  {name}: {err:#}");
                 }
             }
         }
         let passed = checks.len() - failed;
-        println!(
+        crate::say!(
             "smoke: {passed}/{} checks passed through {url} (traffic {})",
             checks.len(),
             live.split

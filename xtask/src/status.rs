@@ -72,7 +72,7 @@ impl flags::Status {
         let format = if self.json { Format::Json } else { self.format };
         match format {
             Format::Text => print!("{}", render_text(&report)),
-            Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            Format::Json => crate::say!("{}", serde_json::to_string_pretty(&report)?),
             Format::Markdown => print!("{}", render_markdown(&report)),
         }
         Ok(())
@@ -85,13 +85,13 @@ impl flags::History {
         let ops = ctx.operations()?;
         let recent = &ops[ops.len().saturating_sub(self.limit)..];
         if recent.is_empty() {
-            println!("history: no operations recorded");
+            crate::say!("history: no operations recorded");
         }
         for op in recent {
             if self.json {
-                println!("{}", serde_json::to_string(op)?);
+                crate::say!("{}", serde_json::to_string(op)?);
             } else {
-                println!("{}", history_line(op));
+                crate::say!("{}", history_line(op));
             }
         }
         Ok(())

@@ -219,7 +219,7 @@ pub(crate) fn execute(ctx: &Ctx, request: Request) -> Result<DeployState> {
         );
     }
     if let Some(problem) = &live.problem {
-        println!("warning: {problem}");
+        crate::say!("warning: {problem}");
     }
     let base = live.state(&ctx.config);
     let mut op = Operation {
@@ -238,7 +238,7 @@ pub(crate) fn execute(ctx: &Ctx, request: Request) -> Result<DeployState> {
     let plan = match domain::plan_switch(&live.current(&ctx.config), request) {
         Ok(Decision::Go(plan)) => plan,
         Ok(Decision::Noop(what)) => {
-            println!("{name}: {what}, nothing to do");
+            crate::say!("{name}: {what}, nothing to do");
             op.result = Outcome::Noop;
             op.reason = Some(what);
             ctx.log_operation(&op)?;
@@ -253,7 +253,7 @@ pub(crate) fn execute(ctx: &Ctx, request: Request) -> Result<DeployState> {
         }
     };
     op.to = plan.to;
-    println!("{}…", describe(name, &plan, &base, true));
+    crate::say!("{}…", describe(name, &plan, &base, true));
 
     // Gates: nothing changes when one fails.
     for &color in &plan.gate {
@@ -315,9 +315,9 @@ pub(crate) fn execute(ctx: &Ctx, request: Request) -> Result<DeployState> {
     ctx.log_operation(&op)?;
     let keep = [generation, live.generation()];
     if let Err(err) = ctx.rt.prune_generations(&keep) {
-        println!("warning: could not remove old route generations: {err:#}");
+        crate::say!("warning: could not remove old route generations: {err:#}");
     }
-    println!("{} in {elapsed:.2} s", describe(name, &plan, &base, false));
+    crate::say!("{} in {elapsed:.2} s", describe(name, &plan, &base, false));
     summary(&state, elapsed);
     Ok(state)
 }
@@ -402,7 +402,7 @@ fn describe(name: &str, plan: &Plan, state: &DeployState, before: bool) -> Strin
 
 /// The one-line summary every operation ends with.
 fn summary(state: &DeployState, secs: f64) {
-    println!(
+    crate::say!(
         "summary: traffic {} · blue {} · green {} · generation {} · {secs:.2} s",
         state.split,
         state.version(Color::Blue).unwrap_or("?"),
@@ -438,7 +438,7 @@ pub(crate) fn wait_healthy(
         if start.elapsed() >= next_report {
             let why = format!("{err:#}");
             let why = why.lines().next().unwrap_or_default();
-            println!(
+            crate::say!(
                 "  waiting for {color} ({version}) on {url}: running, not healthy yet ({why}); {:.0} s of {:.0} s",
                 start.elapsed().as_secs_f64(),
                 timeout.as_secs_f64()

@@ -52,15 +52,15 @@ impl flags::Up {
                 && gate::healthy_version(&ctx.client, &url).ok().as_deref()
                     == Some(version.as_str())
             {
-                println!("{color} already serves {version} at {url}");
+                crate::say!("{color} already serves {version} at {url}");
             } else {
-                println!("starting {color} ({version})…");
+                crate::say!("starting {color} ({version})…");
                 let t = Instant::now();
                 ctx.rt
                     .start_color(*color, version)
                     .with_context(|| format!("start {color}"))?;
                 switch::wait_healthy(&ctx, *color, version, ctx.config.timeouts.healthy)?;
-                println!(
+                crate::say!(
                     "started {color} ({version}) in {:.2} s",
                     t.elapsed().as_secs_f64()
                 );
@@ -72,7 +72,7 @@ impl flags::Up {
             let generation = switch::route(&ctx, &live, live.split)
                 .context("create the first route generation")?;
             state.generation = generation;
-            println!("routing {} (route generation {generation})", live.split);
+            crate::say!("routing {} (route generation {generation})", live.split);
         }
 
         let conf = match &self.nginx_conf {
@@ -82,7 +82,7 @@ impl flags::Up {
             None => nginx::render(&ctx.rt.nginx_params()),
         };
         let balancer = ctx.rt.url(Part::Balancer);
-        println!("starting the balancer…");
+        crate::say!("starting the balancer…");
         ctx.rt.start_balancer(&conf).context("start the balancer")?;
         crate::util::poll(
             "the balancer to answer",
@@ -100,7 +100,7 @@ impl flags::Up {
                 Ok(())
             },
         )?;
-        println!("the balancer answers at {balancer}");
+        crate::say!("the balancer answers at {balancer}");
 
         if live.recorded.is_none() {
             state.since = domain::now_rfc3339();
@@ -135,7 +135,7 @@ impl flags::Up {
 }
 
 fn print_where(ctx: &Ctx, state: &DeployState) {
-    println!(
+    crate::say!(
         "up: balancer {} → {} · blue {} at {} · green {} at {}",
         ctx.rt.url(Part::Balancer),
         state.split,
@@ -150,10 +150,10 @@ impl flags::Down {
     pub(crate) fn run(self, sh: &Shell, global: &flags::Global) -> Result<()> {
         let ctx = Ctx::open(sh, global)?;
         let lock = ctx.lock("down")?;
-        println!("stopping blue, green and the balancer…");
+        crate::say!("stopping blue, green and the balancer…");
         ctx.rt.down().context("stop the deployment")?;
         drop(lock);
-        println!(
+        crate::say!(
             "down: stopped everything the {} runtime started",
             ctx.rt.name()
         );

@@ -36,3 +36,17 @@ pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T>) 
         }
     }
 }
+
+/// `println!` that never panics: when stdout is gone (`cargo xtask switch | head -1`, a closed
+/// CI log pipe), the operation still finishes and records its state instead of dying halfway.
+#[macro_export]
+macro_rules! say {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}

@@ -157,7 +157,7 @@ impl Local {
         let built = fs::metadata(&bin).and_then(|m| m.modified()).ok();
         let sources = newest_mtime(&self.root.join("service"));
         if built.is_none() || sources.is_some_and(|s| Some(s) > built) {
-            println!("building ml-service (release)…");
+            crate::say!("building ml-service (release)…");
             let sh = &self.sh;
             cmd!(sh, "cargo build --release -p service --bin ml-service")
                 .run()
