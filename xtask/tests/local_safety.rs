@@ -255,3 +255,19 @@ fn a_crash_between_swap_and_record_is_reported_and_the_next_operation_follows_ng
         "{status:#}"
     );
 }
+
+#[test]
+fn a_switch_whose_output_reader_is_gone_still_completes_and_records() {
+    let d = Deployment::up("closed-stdout");
+    let mut child = d
+        .command(&["switch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Nobody reads the output (`cargo xtask switch | head -0`): every write fails with EPIPE.
+    drop(child.stdout.take());
+    assert!(child.wait().unwrap().success());
+    assert_eq!(d.status()["split"], json!({"blue": 0, "green": 100}));
+    assert_eq!(d.served(), ("green".to_owned(), "v1.1.0".to_owned()));
+}
