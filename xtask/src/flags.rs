@@ -74,7 +74,7 @@ pub enum Command {
     Smoke(Smoke),
     /// Print the operation log.
     History(History),
-    /// Measure the service or the switch under load and print the numbers.
+    /// Measure the service, the switch or the compose runtime under load and print the numbers.
     Bench(Bench),
     /// Push the built service image to a registry, tagged with the git revision and model versions.
     Publish(Publish),
@@ -231,6 +231,9 @@ pub enum BenchTarget {
     Service,
     /// Switches under load through nginx, against the reload-based methods.
     Switch,
+    /// The docker compose runtime on a private project: image size, `up`, container start,
+    /// switch time, and failed requests under load while switching and rolling back.
+    Compose,
 }
 
 #[derive(Debug, Args)]

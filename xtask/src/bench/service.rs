@@ -11,7 +11,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::Path,
     process::{Child, Command, Stdio},
     thread,
@@ -21,14 +21,11 @@ use std::{
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
+use super::wrk::{self, Wrk, THREADS};
 use crate::{flags, setup, util::poll};
 
 /// The model version the benchmark serves.
 const VERSION: &str = "v1.0.0";
-/// The request body: one Iris row.
-const BODY: &str = r#"{"features":[5.1,3.5,1.4,0.2]}"#;
-/// `wrk` threads.
-const THREADS: u32 = 2;
 /// Load before the measured run, so the measurement starts warm.
 const WARMUP_SECS: u64 = 2;
 
@@ -36,28 +33,10 @@ const WARMUP_SECS: u64 = 2;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Measured {
     pub start_to_healthy: Duration,
-    pub wrk: WrkResult,
+    pub wrk: Wrk,
     pub cpu_percent: f64,
     pub idle_rss_kib: u64,
     pub peak_rss_kib: u64,
-}
-
-/// The numbers the Lua script's `done` prints.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct WrkResult {
-    pub requests: u64,
-    pub duration_us: u64,
-    pub p50_us: u64,
-    pub p99_us: u64,
-    pub max_us: u64,
-    pub errors: u64,
-    pub non_2xx: u64,
-}
-
-impl WrkResult {
-    pub fn requests_per_sec(&self) -> f64 {
-        self.requests as f64 / (self.duration_us as f64 / 1e6)
-    }
 }
 
 pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> Result<()> {
@@ -70,14 +49,13 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
     .context("build ml-service (release)")?;
     let binary = sh.current_dir().join("target/release/ml-service");
     let script = sh.current_dir().join("target/bench-predict.lua");
-    sh.write_file(&script, lua_script(BODY))
-        .context("write the wrk script")?;
+    wrk::write_script(&script)?;
 
     println!(
         "bench service: {VERSION}, {} s at {} connections, {THREADS} wrk threads",
         bench.duration, bench.connections
     );
-    let port = free_port().context("find a free port")?;
+    let port = wrk::free_port().context("find a free port")?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let start = Instant::now();
     // A child we must signal and inspect while it runs: std's Command, not xshell's.
@@ -94,10 +72,10 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
     stop(sh, &mut child);
     let measured = result?;
     println!("{}", render_table(&measured, bench.connections));
-    if measured.wrk.errors > 0 || measured.wrk.non_2xx > 0 {
+    if measured.wrk.failed() > 0 {
         bail!(
             "{} socket errors and {} non-2xx answers under load",
-            measured.wrk.errors,
+            measured.wrk.socket_errors,
             measured.wrk.non_2xx
         );
     }
@@ -117,26 +95,10 @@ fn measure(
     let pid = child.id();
     let idle_rss_kib = proc_status_kib(pid, "VmRSS")?;
     let url = format!("http://{addr}/predict");
-    let (threads, connections) = (THREADS.to_string(), bench.connections.to_string());
-    let warmup = format!("{WARMUP_SECS}s");
-    cmd!(
-        sh,
-        "wrk -t{threads} -c{connections} -d{warmup} -s {script} {url}"
-    )
-    .quiet()
-    .ignore_stdout()
-    .run()
-    .context("warm up with wrk")?;
+    wrk::run(sh, script, &url, WARMUP_SECS, bench.connections).context("warm up with wrk")?;
     let ticks_before = cpu_ticks(pid)?;
     let wall = Instant::now();
-    let duration = format!("{}s", bench.duration);
-    let output = cmd!(
-        sh,
-        "wrk -t{threads} -c{connections} -d{duration} --latency -s {script} {url}"
-    )
-    .quiet()
-    .read()
-    .context("run wrk")?;
+    let wrk = wrk::run(sh, script, &url, bench.duration, bench.connections)?;
     let wall = wall.elapsed();
     let ticks = cpu_ticks(pid)? - ticks_before;
     let clk_tck: f64 = cmd!(sh, "getconf CLK_TCK")
@@ -145,7 +107,6 @@ fn measure(
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0);
-    let wrk = parse_wrk(&output).with_context(|| format!("read wrk's result from:\n{output}"))?;
     Ok(Measured {
         start_to_healthy,
         wrk,
@@ -173,7 +134,8 @@ fn wait_healthy(child: &mut Child, addr: SocketAddr, start: Instant) -> Result<D
     }
 }
 
-fn health_ok(addr: SocketAddr) -> bool {
+/// Whether `GET /health` at `addr` answers 200 now.
+pub(super) fn health_ok(addr: SocketAddr) -> bool {
     let Ok(mut stream) = TcpStream::connect(addr) else {
         return false;
     };
@@ -205,56 +167,6 @@ fn stop(sh: &Shell, child: &mut Child) {
         let _ = child.kill();
         let _ = child.wait();
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
-}
-
-/// The wrk script: a POST with a JSON body; at the end, one machine-readable line.
-fn lua_script(body: &str) -> String {
-    format!(
-        r#"wrk.method = "POST"
-wrk.body = '{body}'
-wrk.headers["Content-Type"] = "application/json"
-
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("BENCH requests=%d duration_us=%d p50_us=%d p99_us=%d max_us=%d errors=%d non_2xx=%d\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency.max,
-    e.connect + e.read + e.write + e.timeout, e.status))
-end
-"#
-    )
-}
-
-/// Finds the `BENCH key=value ...` line of the script in wrk's output.
-fn parse_wrk(output: &str) -> Result<WrkResult> {
-    let line = output
-        .lines()
-        .find(|l| l.starts_with("BENCH "))
-        .context("no BENCH line")?;
-    let field = |name: &str| -> Result<u64> {
-        line.split_whitespace()
-            .find_map(|kv| {
-                kv.strip_prefix(name)
-                    .and_then(|rest| rest.strip_prefix('='))
-            })
-            .with_context(|| format!("no {name} in {line:?}"))?
-            .parse()
-            .with_context(|| format!("{name} is not a number in {line:?}"))
-    };
-    Ok(WrkResult {
-        requests: field("requests")?,
-        duration_us: field("duration_us")?,
-        p50_us: field("p50_us")?,
-        p99_us: field("p99_us")?,
-        max_us: field("max_us")?,
-        errors: field("errors")?,
-        non_2xx: field("non_2xx")?,
-    })
 }
 
 /// user + system CPU ticks of `pid` so far.
@@ -302,14 +214,14 @@ fn render_table(m: &Measured, connections: u32) -> String {
         "| --- | --- |".to_owned(),
         format!(
             "| requests/s (single-row POST /predict, {connections} connections) | {:.0} |",
-            w.requests_per_sec()
+            w.req_per_sec
         ),
         format!("| latency p50 | {} |", ms(w.p50_us)),
         format!("| latency p99 | {} |", ms(w.p99_us)),
         format!("| latency max | {} |", ms(w.max_us)),
         format!(
             "| requests / errors / non-2xx | {} / {} / {} |",
-            w.requests, w.errors, w.non_2xx
+            w.requests, w.socket_errors, w.non_2xx
         ),
         format!(
             "| service CPU (100 % = one core) | {:.0} % |",
@@ -330,18 +242,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wrk_line_is_parsed() {
-        let out = "Running 10s test\n  2 threads\nBENCH requests=250000 duration_us=10000000 p50_us=900 p99_us=3100 max_us=9000 errors=0 non_2xx=2\n";
-        let r = parse_wrk(out).unwrap();
-        assert_eq!(
-            (r.requests, r.p50_us, r.p99_us, r.non_2xx),
-            (250000, 900, 3100, 2)
-        );
-        assert_eq!(r.requests_per_sec(), 25000.0);
-        assert!(parse_wrk("no result here").is_err());
-    }
-
-    #[test]
     fn proc_files_are_parsed() {
         let stat = "4242 (ml service) S 1 2 3 4 5 6 7 8 9 10 150 50 0 0 20 0";
         assert_eq!(parse_cpu_ticks(stat), Some(200));
@@ -350,13 +250,5 @@ mod tests {
         assert_eq!(parse_status_kib(status, "VmRSS"), Some(8000));
         assert_eq!(parse_status_kib(status, "VmSwap"), None);
         assert_eq!(cpu_percent(150, 100.0, Duration::from_secs(1)), 150.0);
-    }
-
-    #[test]
-    fn the_script_posts_json() {
-        let script = lua_script(BODY);
-        assert!(script.contains("wrk.method = \"POST\""));
-        assert!(script.contains(BODY));
-        assert!(script.contains("BENCH requests="));
     }
 }

@@ -11,13 +11,12 @@
 //! 5. 50 "edit the config + `nginx -s reload`" on the classic nginx under the same load;
 //! 6. 10 nginx restarts on the classic nginx under the same load;
 //! 7. print a table and write it into `docs/benchmarks.md` under "Switching" (only that
-//!    section; [`replace_section`] is pure and tested); stop everything.
+//!    section; `report::replace_section` is pure and tested); stop everything.
 
 use std::{
     fs,
-    net::TcpListener,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
+    path::PathBuf,
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -25,6 +24,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
+use super::{
+    report,
+    wrk::{self, free_port, Wrk, WrkRun},
+};
 use crate::{
     config::DeployConfig,
     domain::Color,
@@ -76,10 +79,7 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
     let report = result?;
     let _ = fs::remove_dir_all(&dir);
     println!("{report}");
-    let path = project_root().join("docs/benchmarks.md");
-    let doc = fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    fs::write(&path, replace_section(&doc, SECTION, &report))
-        .context("write docs/benchmarks.md")?;
+    report::write_doc(None, SECTION, &report)?;
     println!("bench switch: wrote the \"Switching\" section of docs/benchmarks.md");
     Ok(())
 }
@@ -90,16 +90,6 @@ struct Bench<'a> {
     config_path: PathBuf,
     config: DeployConfig,
     classic_port: u16,
-}
-
-/// One wrk run's numbers.
-#[derive(Debug, Default, Clone, PartialEq)]
-struct Wrk {
-    requests: u64,
-    req_per_sec: f64,
-    /// Socket errors (connect, read, write, timeout) plus non-2xx/3xx answers.
-    failed: u64,
-    latency_p99: String,
 }
 
 impl Bench<'_> {
@@ -113,14 +103,12 @@ impl Bench<'_> {
         .run(sh, global)?;
         self.classic_start(Color::Blue)?;
         let lua = self.dir.join("predict.lua");
-        fs::write(
-            &lua,
-            "wrk.method = \"POST\"\nwrk.body = '{\"features\":[5.1,3.5,1.4,0.2]}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
-        )?;
+        wrk::write_script(&lua)?;
         let balancer = format!("http://127.0.0.1:{}", self.config.balancer.port);
         let classic = format!("http://127.0.0.1:{}", self.classic_port);
         let secs = bench.duration.max(5);
-        let wrk = |url: &str| self.wrk_start(&lua, url, secs, bench.connections);
+        let wrk =
+            |url: &str| WrkRun::start(&lua, &format!("{url}/predict"), secs, bench.connections);
 
         // Alternate the two, twice, and keep each one's best run: the machine is shared, so a
         // single run of each mostly measures what else was running at the time.
@@ -301,71 +289,6 @@ impl Bench<'_> {
             Ok(())
         })
     }
-
-    fn wrk_start(&self, lua: &Path, url: &str, secs: u64, connections: u32) -> Result<WrkRun> {
-        let wrk = setup::find_command("wrk").context("find wrk")?;
-        // wrk runs in the background while this thread switches, so `Command`, not `cmd!`.
-        let child = Command::new(wrk)
-            .args([
-                "-t2",
-                &format!("-c{connections}"),
-                &format!("-d{secs}s"),
-                "--latency",
-                "-s",
-            ])
-            .arg(lua)
-            .arg(format!("{url}/predict"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("start wrk")?;
-        Ok(WrkRun { child })
-    }
-}
-
-struct WrkRun {
-    child: std::process::Child,
-}
-
-impl WrkRun {
-    fn finish(self) -> Result<Wrk> {
-        let out = self.child.wait_with_output().context("wait for wrk")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-        }
-        parse_wrk(&text)
-    }
-}
-
-/// Reads wrk's summary: requests, req/s, socket errors and non-2xx answers, p99 latency.
-fn parse_wrk(text: &str) -> Result<Wrk> {
-    let mut wrk = Wrk::default();
-    for line in text.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("Requests/sec:") {
-            wrk.req_per_sec = rest.trim().parse().context("parse Requests/sec")?;
-        } else if line.contains(" requests in ") {
-            wrk.requests = line
-                .split_whitespace()
-                .next()
-                .unwrap_or("0")
-                .parse()
-                .context("parse the request count")?;
-        } else if let Some(rest) = line.strip_prefix("Socket errors:") {
-            wrk.failed += rest
-                .split(',')
-                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
-                .sum::<u64>();
-        } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            wrk.failed += rest.trim().parse::<u64>().context("parse Non-2xx")?;
-        } else if let Some(rest) = line.strip_prefix("99%") {
-            wrk.latency_p99 = rest.trim().to_owned();
-        }
-    }
-    if wrk.requests == 0 {
-        bail!("wrk reported no requests:\n{text}");
-    }
-    Ok(wrk)
 }
 
 /// Takes the per-request routing out of a rendered config: proxy straight to `color`.
@@ -410,21 +333,17 @@ struct Numbers {
     restarting: Wrk,
 }
 
-fn p50_max(times: &[f64]) -> (f64, f64) {
-    let mut sorted = times.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let p50 = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
-    (p50, sorted.last().copied().unwrap_or(0.0))
-}
-
 fn render_report(n: &Numbers) -> String {
-    let (idle_p50, idle_max) = p50_max(&n.idle);
-    let (load_p50, load_max) = p50_max(&n.loaded);
+    let (idle_p50, idle_max) = report::p50_max(&n.idle);
+    let (load_p50, load_max) = report::p50_max(&n.loaded);
     let cost = 100.0 * (1.0 - n.routed.req_per_sec / n.plain.req_per_sec.max(1.0));
     let row = |method: &str, ops: String, w: &Wrk| {
         format!(
             "| {method} | {ops} | {:.0} | {} | {} | {} |\n",
-            w.req_per_sec, w.requests, w.failed, w.latency_p99
+            w.req_per_sec,
+            w.requests,
+            w.failed(),
+            wrk::ms(w.p99_us)
         )
     };
     let mut s = String::new();
@@ -485,16 +404,6 @@ fn render_report(n: &Numbers) -> String {
 }
 
 fn machine(sh: &Shell) -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-            })
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = thread::available_parallelism().map_or(0, |n| n.get());
     let nginx = cmd!(sh, "nginx -v")
         .quiet()
         .ignore_status()
@@ -505,106 +414,16 @@ fn machine(sh: &Shell) -> String {
                 .trim_start_matches("nginx version: ")
                 .to_owned()
         });
-    let load = fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
     format!(
-        "Machine: {cpu}, {cores} cores (shared by wrk, nginx and both colors; load average before the run {load}); {nginx}."
+        "Machine: {} (shared by wrk, nginx and both colors; load average before the run {}); {nginx}.",
+        report::cpu(),
+        report::load_average()
     )
-}
-
-/// Replaces the body of the `heading` section of a Markdown document (up to the next heading of
-/// the same or a higher level), or appends the section; other sections are left as they are.
-pub fn replace_section(doc: &str, heading: &str, body: &str) -> String {
-    let level = heading.chars().take_while(|&c| c == '#').count();
-    let is_boundary = |line: &str| {
-        let hashes = line.chars().take_while(|&c| c == '#').count();
-        hashes > 0 && hashes <= level && line[hashes..].starts_with(' ')
-    };
-    let lines: Vec<&str> = doc.lines().collect();
-    let section = format!("{heading}\n\n{}\n", body.trim_end());
-    match lines.iter().position(|l| l.trim_end() == heading) {
-        Some(start) => {
-            let end = lines[start + 1..]
-                .iter()
-                .position(|l| is_boundary(l))
-                .map_or(lines.len(), |i| start + 1 + i);
-            let mut out = lines[..start].join("\n");
-            if !out.is_empty() {
-                out.push('\n');
-            }
-            out += &section;
-            if end < lines.len() {
-                out += "\n";
-                out += &lines[end..].join("\n");
-                out.push('\n');
-            }
-            out
-        }
-        None => format!("{}\n\n{section}", doc.trim_end()),
-    }
-}
-
-/// A port nothing listens on, below Linux's ephemeral range so that none of wrk's outgoing
-/// connections can hold it when a restarted nginx binds it again.
-fn free_port() -> Result<u16> {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let offset = std::process::id() % 5_000;
-    for _ in 0..10_000 {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = (20_000 + (offset + n * 7) % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free port between 20000 and 32000")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn replace_section_touches_only_its_section() {
-        let doc = "# Benchmarks\n\n## Model service\n\nfast\n\n## Switching\n\nold\nnumbers\n\n## Later\n\nkeep\n";
-        let out = replace_section(doc, "## Switching", "new");
-        assert_eq!(
-            out,
-            "# Benchmarks\n\n## Model service\n\nfast\n\n## Switching\n\nnew\n\n## Later\n\nkeep\n"
-        );
-        let appended = replace_section(
-            "# Benchmarks\n\n## Model service\n\nfast\n",
-            "## Switching",
-            "new",
-        );
-        assert_eq!(
-            appended,
-            "# Benchmarks\n\n## Model service\n\nfast\n\n## Switching\n\nnew\n"
-        );
-        let last = replace_section(
-            "## Switching\n\nold\n### detail\nx\n",
-            "## Switching",
-            "new",
-        );
-        assert_eq!(last, "## Switching\n\nnew\n");
-    }
-
-    #[test]
-    fn wrk_summary_is_parsed() {
-        let text = "Running 10s test @ http://127.0.0.1:1\n  Latency Distribution\n     50%    1.00ms\n     99%    5.12ms\n\
-                    \x20 123456 requests in 10.00s, 20.00MB read\n  Socket errors: connect 0, read 7, write 1, timeout 0\n\
-                    \x20 Non-2xx or 3xx responses: 2\nRequests/sec:  12345.60\nTransfer/sec:      2.00MB\n";
-        let wrk = parse_wrk(text).unwrap();
-        assert_eq!(
-            wrk,
-            Wrk {
-                requests: 123_456,
-                req_per_sec: 12_345.6,
-                failed: 10,
-                latency_p99: "5.12ms".into()
-            }
-        );
-    }
 
     #[test]
     fn classic_config_has_no_routing() {

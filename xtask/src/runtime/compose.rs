@@ -878,7 +878,7 @@ pub fn compose_env(config: &DeployConfig, addresses: &Addresses) -> Vec<(String,
 }
 
 /// `<compose.image>:<tag>`, the tag from `MLDEPLOY_IMAGE_TAG` or `latest`.
-fn service_image_ref(config: &DeployConfig) -> String {
+pub fn service_image_ref(config: &DeployConfig) -> String {
     let tag = std::env::var("MLDEPLOY_IMAGE_TAG")
         .ok()
         .filter(|t| !t.is_empty())
