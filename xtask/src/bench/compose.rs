@@ -101,9 +101,11 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
     fs::copy(std::env::current_exe().context("find this binary")?, &exe)
         .context("copy the xtask binary")?;
 
-    println!(
+    crate::say!(
         "bench compose: project {}, balancer on port {}, subnet {}",
-        private.project, private.ports[0], private.subnet
+        private.project,
+        private.ports[0],
+        private.subnet
     );
     let stack = Stack {
         sh,
@@ -120,9 +122,9 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
         connections: bench.connections,
         numbers: &numbers,
     });
-    println!("{report}");
+    crate::say!("{report}");
     report::write_doc(Some(PARENT), SECTION, &report)?;
-    println!("bench compose: wrote its subsection of \"Containers\" in docs/benchmarks.md");
+    crate::say!("bench compose: wrote its subsection of \"Containers\" in docs/benchmarks.md");
     let failed = numbers.operating.failed();
     if failed > 0 {
         bail!("{failed} requests failed while switching and rolling back");
@@ -164,7 +166,7 @@ impl Stack<'_> {
 
 impl Drop for Stack<'_> {
     fn drop(&mut self) {
-        println!("bench compose: down…");
+        crate::say!("bench compose: down…");
         if let Err(err) = self.xtask(&["down"]) {
             eprintln!("bench compose: {err:#}");
             return;
@@ -211,19 +213,19 @@ fn measure(
     private: &Private,
     bench: &flags::Bench,
 ) -> Result<Numbers> {
-    println!("up…");
+    crate::say!("up…");
     let up_secs = stack.xtask(&["up"])?;
-    println!("up in {up_secs:.2} s");
+    crate::say!("up in {up_secs:.2} s");
     let image = service_image_ref(config);
     let image_bytes = images::image_size(sh, &image)?;
     let nginx = balancer_image(sh, &private.project)?;
 
-    println!("timing {STARTS} container starts to the first 200 from /health…");
+    crate::say!("timing {STARTS} container starts to the first 200 from /health…");
     let starts = (0..STARTS)
         .map(|_| container_start(sh, &image, &private.project))
         .collect::<Result<Vec<_>>>()?;
 
-    println!("timing {SWITCHES_IDLE} switches without load…");
+    crate::say!("timing {SWITCHES_IDLE} switches without load…");
     let idle = (0..SWITCHES_IDLE)
         .map(|_| stack.xtask(&["switch"]))
         .collect::<Result<Vec<_>>>()?;
@@ -232,12 +234,12 @@ fn measure(
     wrk::write_script(&lua)?;
     let url = format!("http://127.0.0.1:{}/predict", private.ports[0]);
     let secs = bench.duration.max(5);
-    println!("warming up, then {secs} s of load without operations…");
+    crate::say!("warming up, then {secs} s of load without operations…");
     wrk::run(sh, &lua, &url, 2, bench.connections).context("warm up with wrk")?;
     let idle_run = wrk::run(sh, &lua, &url, secs, bench.connections)?;
 
     let ops = operations();
-    println!(
+    crate::say!(
         "{} switches and {} rollbacks under load…",
         ops.iter().filter(|&&op| op == Op::Switch).count(),
         ops.iter().filter(|&&op| op == Op::Rollback).count()

@@ -51,9 +51,10 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
     let script = sh.current_dir().join("target/bench-predict.lua");
     wrk::write_script(&script)?;
 
-    println!(
+    crate::say!(
         "bench service: {VERSION}, {} s at {} connections, {THREADS} wrk threads",
-        bench.duration, bench.connections
+        bench.duration,
+        bench.connections
     );
     let port = wrk::free_port().context("find a free port")?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -71,7 +72,7 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
     let result = measure(sh, &mut child, addr, start, &script, bench);
     stop(sh, &mut child);
     let measured = result?;
-    println!("{}", render_table(&measured, bench.connections));
+    crate::say!("{}", render_table(&measured, bench.connections));
     if measured.wrk.failed() > 0 {
         bail!(
             "{} socket errors and {} non-2xx answers under load",

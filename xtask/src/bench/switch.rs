@@ -78,9 +78,9 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
     let _ = (flags::Down {}).run(sh, &global);
     let report = result?;
     let _ = fs::remove_dir_all(&dir);
-    println!("{report}");
+    crate::say!("{report}");
     report::write_doc(None, SECTION, &report)?;
-    println!("bench switch: wrote the \"Switching\" section of docs/benchmarks.md");
+    crate::say!("bench switch: wrote the \"Switching\" section of docs/benchmarks.md");
     Ok(())
 }
 
@@ -114,7 +114,7 @@ impl Bench<'_> {
         // single run of each mostly measures what else was running at the time.
         let (mut plain, mut routed) = (Wrk::default(), Wrk::default());
         for round in 1..=2 {
-            println!("throughput round {round}/2: plain proxy, then routing…");
+            crate::say!("throughput round {round}/2: plain proxy, then routing…");
             let p = wrk(&classic)?.finish()?;
             let r = wrk(&balancer)?.finish()?;
             if p.req_per_sec > plain.req_per_sec {
@@ -125,13 +125,13 @@ impl Bench<'_> {
             }
         }
 
-        println!("timing {SWITCHES_IDLE} switches without load…");
+        crate::say!("timing {SWITCHES_IDLE} switches without load…");
         let idle: Vec<f64> = (0..SWITCHES_IDLE)
             .map(|_| self.switch())
             .collect::<Result<_>>()?;
 
         let spread = Duration::from_secs_f64((secs as f64 - 2.0) / SWITCHES_LOADED as f64);
-        println!("{SWITCHES_LOADED} switches under load…");
+        crate::say!("{SWITCHES_LOADED} switches under load…");
         let load = wrk(&balancer)?;
         thread::sleep(Duration::from_secs(1));
         let mut loaded = Vec::new();
@@ -142,7 +142,7 @@ impl Bench<'_> {
         }
         let switching = load.finish()?;
 
-        println!("{RELOADS} config edits + nginx -s reload under load…");
+        crate::say!("{RELOADS} config edits + nginx -s reload under load…");
         let load = wrk(&classic)?;
         thread::sleep(Duration::from_secs(1));
         let mut color = Color::Blue;
@@ -155,7 +155,7 @@ impl Bench<'_> {
         }
         let reloading = load.finish()?;
 
-        println!("{RESTARTS} nginx restarts under load…");
+        crate::say!("{RESTARTS} nginx restarts under load…");
         let load = wrk(&classic)?;
         thread::sleep(Duration::from_secs(1));
         let spread_restart = Duration::from_secs_f64((secs as f64 - 2.0) / RESTARTS as f64);
