@@ -57,17 +57,13 @@ impl flags::Ci {
         steps.run("hadolint", || lint_dockerfiles(sh))?;
         steps.run("actionlint", || lint_workflows(sh))?;
         steps.run("tests", || {
-            let local_tests = integration_tests("local_")?;
+            let test_flags = integration_test_flags("local_")?;
             cmd!(sh, "cargo test --workspace --locked --lib --bins")
                 .run()
                 .context("unit tests failed")?;
             cmd!(sh, "cargo test --locked -p service --tests")
                 .run()
                 .context("service tests failed")?;
-            let test_flags: Vec<String> = local_tests
-                .iter()
-                .flat_map(|name| ["--test".to_owned(), name.clone()])
-                .collect();
             if !test_flags.is_empty() {
                 cmd!(sh, "cargo test --locked -p xtask {test_flags...}")
                     .run()
@@ -79,12 +75,10 @@ impl flags::Ci {
             steps.skip("docker end-to-end", "--no-docker");
         } else {
             steps.run("docker end-to-end", || {
-                let tests = integration_tests("compose_")?;
-                if tests.is_empty() {
+                let test_flags = integration_test_flags("compose_")?;
+                if test_flags.is_empty() {
                     bail!("no Docker end-to-end tests found under xtask/tests/compose_*.rs");
                 }
-                let test_flags: Vec<String> =
-                    tests.iter().flat_map(|name| ["--test".to_owned(), name.clone()]).collect();
                 // The engine may have stopped since set-up; start it again rather than fail.
                 crate::engine::ensure_engine(sh)?;
                 let _require = sh.push_env("MLDEPLOY_REQUIRE_DOCKER", "1");
@@ -141,12 +135,13 @@ impl Steps {
     }
 }
 
-/// The integration test targets under `xtask/tests/` whose file name starts with `prefix`.
-fn integration_tests(prefix: &str) -> Result<Vec<String>> {
+/// `--test <name>` for each integration test target under `xtask/tests/` whose file name
+/// starts with `prefix`.
+fn integration_test_flags(prefix: &str) -> Result<Vec<String>> {
     let dir = project_root().join("xtask/tests");
     let mut names = Vec::new();
     if !dir.exists() {
-        return Ok(names);
+        return Ok(Vec::new());
     }
     for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
         let path = entry?.path();
@@ -154,11 +149,11 @@ fn integration_tests(prefix: &str) -> Result<Vec<String>> {
             continue;
         };
         if path.extension().is_some_and(|ext| ext == "rs") && stem.starts_with(prefix) {
-            names.push(stem.to_owned());
+            names.push(["--test".to_owned(), stem.to_owned()]);
         }
     }
     names.sort();
-    Ok(names)
+    Ok(names.concat())
 }
 
 fn lint_dockerfiles(sh: &Shell) -> Result<()> {

@@ -88,29 +88,31 @@ impl flags::Deploy {
         );
 
         if !self.no_switch {
-            if let Err(err) = switch::execute(&ctx, Request::Switch { to: Some(standby) }) {
-                restore(&ctx, standby, old.as_deref());
-                if let Some(old) = &old {
-                    state.versions.insert(standby, old.clone());
-                    let mut recorded = switch::read_live(&ctx)?.state(&ctx.config);
-                    recorded.versions = state.versions.clone();
-                    switch::record_state(&ctx, &recorded)?;
+            match switch::execute(&ctx, Request::Switch { to: Some(standby) }) {
+                Ok(switched) => op.generation = switched.generation,
+                Err(err) => {
+                    restore(&ctx, standby, old.as_deref());
+                    if let Some(old) = &old {
+                        state.versions.insert(standby, old.clone());
+                        let mut recorded = switch::read_live(&ctx)?.state(&ctx.config);
+                        recorded.versions = state.versions.clone();
+                        switch::record_state(&ctx, &recorded)?;
+                    }
+                    op.result = Outcome::Failed;
+                    op.reason = Some(format!("{err:#}"));
+                    op.duration_secs = start.elapsed().as_secs_f64();
+                    ctx.log_operation(&op)?;
+                    return Err(err.context(format!(
+                        "deploy of {}: the switch failed; traffic stays on {active}",
+                        self.version
+                    )));
                 }
-                op.result = Outcome::Failed;
-                op.reason = Some(format!("{err:#}"));
-                op.duration_secs = start.elapsed().as_secs_f64();
-                ctx.log_operation(&op)?;
-                return Err(err.context(format!(
-                    "deploy of {}: the switch failed; traffic stays on {active}",
-                    self.version
-                )));
             }
             op.to = domain::Split::all(standby);
             op.split = op.to;
         }
         op.versions = state.versions.clone();
         op.duration_secs = start.elapsed().as_secs_f64();
-        op.generation = switch::read_live(&ctx)?.generation();
         ctx.log_operation(&op)?;
         crate::say!(
             "deploy: {} on {standby}{} in {:.2} s",

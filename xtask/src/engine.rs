@@ -49,12 +49,7 @@ pub fn ensure_engine(sh: &Shell) -> Result<()> {
     if !setup::has_command("docker") {
         bail!("the `docker` command is missing: run `cargo xtask setup` (installs docker.io)");
     }
-    let is_root = cmd!(sh, "id -u")
-        .quiet()
-        .read()
-        .map(|uid| uid.trim() == "0")
-        .unwrap_or(false);
-    if !is_root {
+    if !setup::is_root(sh) {
         bail!(
             "no Docker engine answers: start it (`sudo systemctl start docker` or `sudo dockerd &`), \
              or run this as root so it can start `dockerd` itself"

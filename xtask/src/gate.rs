@@ -25,6 +25,41 @@ pub const VERSION_HEADER: &str = "x-model-version";
 /// The header the balancer adds: the color that answered.
 pub const SERVED_BY_HEADER: &str = "x-served-by";
 
+/// The color and version a response through the balancer names (`""` when a header is absent).
+pub fn served_by(response: &reqwest::blocking::Response) -> (String, String) {
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    (header(SERVED_BY_HEADER), header(VERSION_HEADER))
+}
+
+/// Checks one answer through the balancer against the split and the recorded versions: it came
+/// from a color the split gives traffic, serving the version the state records for it.
+/// Shared by the switch's verification and by `smoke`.
+pub fn check_served(
+    served: &str,
+    version: &str,
+    split: crate::domain::Split,
+    state: &crate::domain::DeployState,
+) -> Result<crate::domain::Color> {
+    let color: crate::domain::Color = served
+        .parse()
+        .map_err(|_| anyhow::anyhow!("an answer without a color in X-Served-By ({served:?})"))?;
+    if split.share(color) == 0 {
+        bail!("an answer came from {color}, which the split {split} gives no traffic (is a color down?)");
+    }
+    let expected = state.version(color).unwrap_or("?");
+    if version != expected {
+        bail!("{color} answered with {version:?}, but the state records {expected}");
+    }
+    Ok(color)
+}
+
 /// An HTTP client for gates and checks: short timeouts, no proxy from the environment.
 pub fn client() -> Result<Client> {
     Client::builder()

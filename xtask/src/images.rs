@@ -349,12 +349,7 @@ fn pull(image: &str, timeout: Duration) -> Result<()> {
 /// Builds an nginx image named `image` from Debian's packages, without any registry.
 pub fn build_debian_nginx(sh: &Shell, image: &str) -> Result<()> {
     setup::ensure_commands(sh, &[setup::DEBOOTSTRAP])?;
-    let is_root = cmd!(sh, "id -u")
-        .quiet()
-        .read()
-        .map(|uid| uid.trim() == "0")
-        .unwrap_or(false);
-    if !is_root {
+    if !setup::is_root(sh) {
         bail!("building the nginx image with debootstrap needs root: run `sudo cargo xtask build --offline`");
     }
     let mirror = debian_mirror()?;

@@ -73,6 +73,14 @@ impl flags::Setup {
     }
 }
 
+/// Whether this process runs as root (it may install packages and start daemons).
+pub fn is_root(sh: &Shell) -> bool {
+    cmd!(sh, "id -u")
+        .quiet()
+        .read()
+        .is_ok_and(|uid| uid.trim() == "0")
+}
+
 /// Whether `command` is on PATH (or in the sbin folders, where Debian puts daemons).
 pub fn has_command(command: &str) -> bool {
     find_command(command).is_some()
@@ -105,11 +113,7 @@ pub fn ensure_commands(sh: &Shell, needs: &[Need]) -> Result<()> {
     }
     let packages: Vec<&str> = missing.iter().map(|need| need.package).collect();
     let commands: Vec<&str> = missing.iter().map(|need| need.command).collect();
-    let is_root = cmd!(sh, "id -u")
-        .quiet()
-        .read()
-        .map(|uid| uid.trim() == "0")
-        .unwrap_or(false);
+    let is_root = is_root(sh);
     let sudo = !is_root
         && has_command("sudo")
         && cmd!(sh, "sudo -n true")

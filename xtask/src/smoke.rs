@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use xshell::Shell;
 
 use crate::{
-    domain::{Color, DeployState, Split},
+    domain::{DeployState, Split},
     flags, gate,
     runtime::Part,
     switch::{self, Ctx},
@@ -96,17 +96,7 @@ fn sample(ctx: &Ctx, url: &str) -> Result<BTreeMap<(String, String), usize>> {
                 response.status()
             );
         }
-        let header = |name| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned()
-        };
-        *counts
-            .entry((header(gate::SERVED_BY_HEADER), header(gate::VERSION_HEADER)))
-            .or_insert(0) += 1;
+        *counts.entry(gate::served_by(&response)).or_insert(0) += 1;
     }
     Ok(counts)
 }
@@ -120,16 +110,8 @@ pub fn check_versions(
     let total: usize = counts.values().sum();
     let mut seen = BTreeMap::new();
     for ((served, version), n) in counts {
-        let color: Color = served.parse().map_err(|_| {
-            anyhow::anyhow!("{n} answer(s) without a color in X-Served-By ({served:?})")
-        })?;
-        if split.share(color) == 0 {
-            bail!("{n} answer(s) came from {color}, which the split {split} gives no traffic (is a color down?)");
-        }
-        let expected = state.version(color).unwrap_or("?");
-        if version != expected {
-            bail!("{color} answered with {version:?}, but the state records {expected}");
-        }
+        let color = gate::check_served(served, version, split, state)
+            .map_err(|why| anyhow::anyhow!("{why:#} ({n} of {total} answers)"))?;
         *seen.entry(color).or_insert(0) += n;
     }
     for color in split.serving() {
@@ -166,6 +148,7 @@ pub fn check_versions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Color;
 
     fn state() -> DeployState {
         DeployState {

@@ -65,6 +65,16 @@ pub struct ColorReport {
     pub recorded_version: Option<String>,
 }
 
+impl ColorReport {
+    /// The version to show: what the color answers, else what the state records.
+    fn shown_version(&self) -> &str {
+        self.version
+            .as_deref()
+            .or(self.recorded_version.as_deref())
+            .unwrap_or("?")
+    }
+}
+
 impl flags::Status {
     pub(crate) fn run(self, sh: &Shell, global: &flags::Global) -> Result<()> {
         let ctx = Ctx::open(sh, global)?;
@@ -206,10 +216,7 @@ pub fn render_text(r: &Report) -> String {
             c.color.as_str(),
             c.url,
             c.share,
-            c.version
-                .as_deref()
-                .or(c.recorded_version.as_deref())
-                .unwrap_or("?"),
+            c.shown_version(),
             health_word(c.healthy, c.running)
         );
     }
@@ -246,10 +253,7 @@ pub fn render_markdown(r: &Report) -> String {
             c.color,
             c.url,
             c.share,
-            c.version
-                .as_deref()
-                .or(c.recorded_version.as_deref())
-                .unwrap_or("?"),
+            c.shown_version(),
             health_word(c.healthy, c.running)
         );
     }

@@ -348,28 +348,12 @@ pub(crate) fn verify(ctx: &Ctx, split: Split, state: &DeployState) -> Result<()>
             .send()
             .with_context(|| format!("verify through the balancer: no answer from {url}"))?;
         let status = response.status().as_u16();
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned()
-        };
-        let (served, version) = (header(gate::SERVED_BY_HEADER), header(gate::VERSION_HEADER));
         if status != 200 {
             bail!("verify through the balancer: /health answered {status}");
         }
-        let color: Color = served.parse().map_err(|_| {
-            anyhow::anyhow!("verify through the balancer: no color in X-Served-By ({served:?})")
-        })?;
-        if split.share(color) == 0 {
-            bail!("verify through the balancer: {color} answered, but the split is {split} (is the target down?)");
-        }
-        let expected = state.version(color).unwrap_or("");
-        if version != expected {
-            bail!("verify through the balancer: {color} answered with version {version:?}, expected {expected:?}");
-        }
+        let (served, version) = gate::served_by(&response);
+        gate::check_served(&served, &version, split, state)
+            .context("verify through the balancer")?;
     }
     Ok(())
 }

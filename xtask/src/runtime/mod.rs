@@ -29,7 +29,7 @@ pub mod local;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use xshell::{cmd, Shell};
+use xshell::Shell;
 
 use crate::{config::DeployConfig, domain::Color, flags, nginx::NginxParams, util::project_root};
 
@@ -152,7 +152,7 @@ pub fn open(sh: &Shell, global: &flags::Global, config: &DeployConfig) -> Result
             {
                 return Ok(Box::new(local::Local::new(sh, config)?));
             }
-            if docker_answers(sh) {
+            if crate::engine::engine_answers(sh) {
                 if let Ok(compose) = compose::Compose::new(sh, config) {
                     return Ok(Box::new(compose));
                 }
@@ -160,15 +160,4 @@ pub fn open(sh: &Shell, global: &flags::Global, config: &DeployConfig) -> Result
             Ok(Box::new(local::Local::new(sh, config)?))
         }
     }
-}
-
-/// Whether `docker info` answers (an engine is reachable, locally or through `DOCKER_HOST`).
-fn docker_answers(sh: &Shell) -> bool {
-    crate::setup::has_command("docker")
-        && cmd!(sh, "docker info")
-            .quiet()
-            .ignore_stdout()
-            .ignore_stderr()
-            .run()
-            .is_ok()
 }
