@@ -14,6 +14,7 @@ pub const DEFAULT_MODEL_PATH: &str = "models/v1.0.0";
 /// `SHUTDOWN_TIMEOUT_SECS` is unset.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What the service is told by its environment; see [`Config::from_env`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// `MODEL_PATH`: a version folder (`models/v1.0.0`) or its `model.json`.

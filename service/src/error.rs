@@ -28,6 +28,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// Any status with its message.
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,

@@ -10,7 +10,7 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::{error::ApiError, state::MAX_BODY_BYTES};
 
 /// Like `axum::Json`, but rejections answer `{"error": "..."}` with a status that says whose
 /// mistake it was.
@@ -34,8 +34,7 @@ where
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::too_large(format!(
-                    "request body is larger than the limit of {} bytes",
-                    crate::server::MAX_BODY_BYTES
+                    "request body is larger than the limit of {MAX_BODY_BYTES} bytes"
                 ))
             } else {
                 ApiError::bad_request(format!(

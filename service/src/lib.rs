@@ -2,9 +2,15 @@
 //!
 //! - [`model`]: loading and verifying a model version, and predicting;
 //! - [`train`]: reproducible training into `models/<version>/`;
-//! - [`server`]: the router, the middleware, binding and graceful shutdown;
-//! - [`routes`]: the handlers (`/health`, `/predict`, the inference protocol, `/metrics`, `/openapi.json`);
-//! - [`config`], [`error`], [`extract`], [`metrics`], [`openapi`], [`healthcheck`], [`telemetry`].
+//! - [`server`]: the whole application (routes, body limit, middleware), binding and graceful
+//!   shutdown;
+//! - [`routes`]: the handlers, one module per family (`/health`, `/predict`, the inference
+//!   protocol, `/metrics`, `/openapi.json`), each with its router and its part of the OpenAPI
+//!   document;
+//! - [`state`]: what the handlers share: the application state, the model name, the limits;
+//! - [`config`], [`error`], [`extract`], [`metrics`], [`healthcheck`], [`telemetry`].
+//!
+//! Imports point one way: `server` → `routes` → `state`, `extract`, `error`, `metrics`, `model`.
 
 pub mod config;
 pub mod error;
@@ -12,8 +18,8 @@ pub mod extract;
 pub mod healthcheck;
 pub mod metrics;
 pub mod model;
-pub mod openapi;
 pub mod routes;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 pub mod train;

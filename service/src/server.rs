@@ -1,20 +1,17 @@
 //! Building the application and serving it.
 //!
-//! - [`router`] builds the whole `Router` from a loaded model (tests call it with `oneshot`);
+//! - [`router`] builds the whole `Router` from the state: the routes of [`crate::routes`], the
+//!   body limit and the `observe` middleware (tests call it with `oneshot`);
 //! - [`Server::bind`] binds the configured address and exposes the port (0 picks a free one);
 //! - [`Server::run_until`] serves until a shutdown signal, then stops accepting, lets in-flight
 //!   requests finish for at most the drain timeout, and returns.
 //!
-//! Every response passes through [`observe`]: it adds `X-Model-Version` and `X-Request-Id`,
+//! Every response passes through `observe`: it adds `X-Model-Version` and `X-Request-Id`,
 //! counts the request in the metrics and logs one line.
 
 use std::{
     future::{Future, IntoFuture},
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
     time::{Duration, Instant},
 };
 
@@ -23,100 +20,27 @@ use axum::{
     http::{HeaderName, HeaderValue},
     middleware::{self, Next},
     response::Response,
-    routing::{get, post},
     Router,
 };
 use tokio::{net::TcpListener, sync::oneshot};
 
-use crate::{config::Config, metrics::Metrics, model::Model, routes};
-
-/// The largest request body accepted; larger ones get 413.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// The most rows one request may ask to predict; more get 413.
-pub const MAX_BATCH_ROWS: usize = 1024;
-/// The model name of the inference protocol's routes.
-pub const MODEL_NAME: &str = "iris";
+use crate::{
+    config::Config,
+    metrics,
+    model::Model,
+    routes,
+    state::{AppState, MAX_BODY_BYTES},
+};
 
 /// The response header carrying the model version.
 pub static X_MODEL_VERSION: HeaderName = HeaderName::from_static("x-model-version");
 /// The request and response header carrying the request id.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// What every handler can see: the model, the metrics, and values computed once.
-#[derive(Debug, Clone)]
-pub struct AppState(Arc<Inner>);
-
-#[derive(Debug)]
-pub struct Inner {
-    pub model: Model,
-    pub metrics: Metrics,
-    version_header: HeaderValue,
-    request_id_prefix: String,
-    next_request_id: AtomicU64,
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.0
-    }
-}
-
-impl AppState {
-    pub fn new(model: Model) -> AppState {
-        let version_header = HeaderValue::from_str(model.version())
-            .unwrap_or_else(|_| HeaderValue::from_static("invalid-version"));
-        // Unique enough across restarts: the process id and the start time, then a counter.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let prefix = format!(
-            "{:08x}",
-            (nanos ^ (u64::from(std::process::id()) << 32)) as u32
-        );
-        AppState(Arc::new(Inner {
-            model,
-            metrics: Metrics::default(),
-            version_header,
-            request_id_prefix: prefix,
-            next_request_id: AtomicU64::new(1),
-        }))
-    }
-
-    fn new_request_id(&self) -> HeaderValue {
-        let n = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{}-{n:x}", self.request_id_prefix))
-            .expect("hex is a valid header value")
-    }
-}
-
-/// The application: every route, the JSON 404/405 fallbacks, the body limit, and [`observe`].
+/// The application: every route of [`routes::router`] with its JSON 404/405 fallbacks, the
+/// body limit, and `observe`.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(routes::health))
-        .route("/predict", post(routes::predict::predict))
-        .route("/v2", get(routes::v2::server_metadata))
-        .route("/v2/health/live", get(routes::v2::live))
-        .route("/v2/health/ready", get(routes::v2::ready))
-        .route("/v2/models/{name}", get(routes::v2::model_metadata))
-        .route("/v2/models/{name}/ready", get(routes::v2::model_ready))
-        .route("/v2/models/{name}/infer", post(routes::v2::infer))
-        .route(
-            "/v2/models/{name}/versions/{version}",
-            get(routes::v2::model_version_metadata),
-        )
-        .route(
-            "/v2/models/{name}/versions/{version}/ready",
-            get(routes::v2::model_version_ready),
-        )
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(routes::v2::infer_version),
-        )
-        .route("/openapi.json", get(routes::openapi))
-        .route("/metrics", get(routes::metrics))
-        .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed)
+    routes::router()
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -126,7 +50,7 @@ pub fn router(state: AppState) -> Router {
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let _in_flight = state.metrics.start_request();
-    let route = crate::metrics::route_index(
+    let route = metrics::route_index(
         req.extensions()
             .get::<MatchedPath>()
             .map(MatchedPath::as_str),
@@ -140,12 +64,12 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let elapsed = start.elapsed();
     let status = response.status();
     let headers = response.headers_mut();
-    headers.insert(X_MODEL_VERSION.clone(), state.version_header.clone());
+    headers.insert(X_MODEL_VERSION.clone(), state.version_header().clone());
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     state.metrics.observe(route, status, elapsed);
     tracing::info!(
         method = %method,
-        route = crate::metrics::route_name(route),
+        route = metrics::route_name(route),
         status = status.as_u16(),
         latency_us = elapsed.as_micros() as u64,
         request_id = request_id.to_str().unwrap_or("-"),
@@ -179,12 +103,14 @@ impl Server {
         })
     }
 
+    /// The address the listener is bound to (with the port picked when the config said 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
     }
 
+    /// The state the server's handlers will share.
     pub fn state(&self) -> &AppState {
         &self.state
     }

@@ -2,8 +2,7 @@
 
 mod common;
 
-use axum::{body::Body, http::Request};
-use common::{app, get, post_json, send, GOLDEN, VERSIONS};
+use common::{app, get, get_with, post_json, request, GOLDEN, VERSIONS};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -185,11 +184,14 @@ async fn bad_inputs_get_4xx_json_errors_that_say_what_was_wrong() {
     ];
     let app = app("v1.0.0");
     for (name, body, content_type, status, phrase) in cases {
-        let request = Request::post("/predict")
-            .header("content-type", content_type)
-            .body(Body::from(body))
-            .unwrap();
-        let answer = send(&app, request).await;
+        let answer = request(
+            &app,
+            "POST",
+            "/predict",
+            &[("content-type", content_type)],
+            body,
+        )
+        .await;
         assert_eq!(answer.status, status, "{name}: {}", answer.text());
         assert_eq!(
             answer.header("content-type"),
@@ -204,11 +206,7 @@ async fn bad_inputs_get_4xx_json_errors_that_say_what_was_wrong() {
             "{name}: {error:?} should contain {phrase:?}"
         );
     }
-    let answer = send(
-        &app,
-        Request::post("/predict").body(Body::from("{}")).unwrap(),
-    )
-    .await;
+    let answer = request(&app, "POST", "/predict", &[], "{}").await;
     assert_eq!(answer.status, 415, "no content type at all");
 }
 
@@ -227,14 +225,8 @@ async fn unknown_routes_and_methods_answer_json() {
 #[tokio::test]
 async fn request_ids_are_echoed_or_generated() {
     let app = app("v1.0.0");
-    let request = Request::get("/health")
-        .header("x-request-id", "abc-123")
-        .body(Body::empty())
-        .unwrap();
-    assert_eq!(
-        send(&app, request).await.header("x-request-id"),
-        Some("abc-123")
-    );
+    let echoed = get_with(&app, "/health", &[("x-request-id", "abc-123")]).await;
+    assert_eq!(echoed.header("x-request-id"), Some("abc-123"));
     let first = get(&app, "/health")
         .await
         .header("x-request-id")
@@ -246,14 +238,8 @@ async fn request_ids_are_echoed_or_generated() {
         .map(str::to_owned)
         .expect("generated");
     assert_ne!(first, second);
-    let request = Request::get("/health")
-        .header("x-request-id", "has space")
-        .body(Body::empty())
-        .unwrap();
-    assert_ne!(
-        send(&app, request).await.header("x-request-id"),
-        Some("has space")
-    );
+    let replaced = get_with(&app, "/health", &[("x-request-id", "has space")]).await;
+    assert_ne!(replaced.header("x-request-id"), Some("has space"));
 }
 
 #[tokio::test]
@@ -480,13 +466,10 @@ async fn every_documented_route_is_served() {
             .replace("{name}", "iris")
             .replace("{version}", "v1.0.0");
         for method in item.as_object().unwrap().keys() {
-            let request = Request::builder()
-                .method(method.to_uppercase().as_str())
-                .uri(&uri)
-                .header("content-type", "application/json")
-                .body(Body::from("{}"))
-                .unwrap();
-            let status = send(&app, request).await.status;
+            let json = [("content-type", "application/json")];
+            let status = request(&app, &method.to_uppercase(), &uri, &json, "{}")
+                .await
+                .status;
             assert!(
                 status != 404 && status != 405,
                 "{method} {uri} answered {status}"

@@ -1,7 +1,7 @@
 //! The command line: every command and flag, documented where it is declared.
 //!
-//! The `///` text on each item is what `--help` prints. Each command's behaviour lives in the
-//! module of the same name, as `impl flags::Command { fn run(...) }`.
+//! The `///` text on each item is what `--help` prints. Each command's entry point lives in
+//! `cmd/` (one small file per verb), as `impl flags::Command { fn run(...) }`.
 
 use std::path::PathBuf;
 
@@ -35,6 +35,23 @@ pub struct Global {
         env = "MLDEPLOY_CONFIG"
     )]
     pub config: PathBuf,
+}
+
+impl Global {
+    /// The deploy configuration's path: a relative `--config` means the caller's folder when
+    /// the file is there, else the project root, so `cargo xtask status` works from any folder
+    /// of the checkout. Every command reads the configuration through this one path.
+    pub fn config_path(&self) -> PathBuf {
+        resolve_config(&self.config, &crate::util::project_root())
+    }
+}
+
+fn resolve_config(config: &std::path::Path, root: &std::path::Path) -> PathBuf {
+    if config.is_relative() && !config.exists() {
+        root.join(config)
+    } else {
+        config.to_path_buf()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -198,6 +215,17 @@ pub struct Canary {
     pub min_requests: u64,
 }
 
+impl Canary {
+    /// The limits each step of a stepped rollout must stay within.
+    pub fn limits(&self) -> crate::domain::canary::Limits {
+        crate::domain::canary::Limits {
+            max_error_rate: self.max_error_rate,
+            max_p99: std::time::Duration::from_secs_f64(self.max_p99_ms / 1000.0),
+            min_requests: self.min_requests,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct Deploy {
     /// The model version to put on the standby color (a folder under `models/`).
@@ -261,4 +289,26 @@ pub struct Ci {
     /// Skip the Docker end-to-end tests (they are required unless this is given).
     #[arg(long)]
     pub no_docker: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_config_is_resolved_once_against_the_project_root() {
+        let root = std::path::Path::new("/srv/checkout");
+        let config = resolve_config(std::path::Path::new("no-such-dir/deploy.toml"), root);
+        assert_eq!(config, root.join("no-such-dir/deploy.toml"));
+        // Resolving the result again changes nothing (`build` used to join the root twice).
+        assert_eq!(resolve_config(&config, root), config);
+        let absolute = std::path::Path::new("/etc/mldeploy/deploy.toml");
+        assert_eq!(resolve_config(absolute, root), absolute);
+    }
+
+    #[test]
+    fn every_command_parses_its_help() {
+        use clap::CommandFactory;
+        Xtask::command().debug_assert();
+    }
 }

@@ -26,7 +26,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::{setup, util};
+use crate::{host, util};
 
 /// The Debian release the offline nginx image is built from (nginx 1.22).
 pub const DEBIAN_SUITE: &str = "bookworm";
@@ -348,8 +348,8 @@ fn pull(image: &str, timeout: Duration) -> Result<()> {
 
 /// Builds an nginx image named `image` from Debian's packages, without any registry.
 pub fn build_debian_nginx(sh: &Shell, image: &str) -> Result<()> {
-    setup::ensure_commands(sh, &[setup::DEBOOTSTRAP])?;
-    if !setup::is_root(sh) {
+    host::ensure_commands(sh, &[host::DEBOOTSTRAP])?;
+    if !host::is_root() {
         bail!("building the nginx image with debootstrap needs root: run `sudo cargo xtask build --offline`");
     }
     let mirror = debian_mirror()?;

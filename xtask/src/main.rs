@@ -1,31 +1,27 @@
 //! `cargo xtask`: the deployment tool for the model service.
 //!
 //! Every step of building, deploying, switching and rolling back the service is a typed command
-//! here, so the same steps run on a laptop and in GitHub Actions. See `flags.rs` for the commands
-//! and `docs/DEPLOYMENT.md` for the everyday flow.
-
-mod config;
-mod domain;
-mod engine;
-mod flags;
-mod gate;
-mod images;
-mod nginx;
-mod runtime;
-mod util;
+//! here, so the same steps run on a laptop and in GitHub Actions. `docs/ARCHITECTURE.md` maps
+//! the layers; `flags.rs` lists the commands; `docs/DEPLOYMENT.md` shows the everyday flow.
+//!
+//! Layers (arrows point down only): `cmd/` (one file per verb) → `ops/` (the operation engine)
+//! → `runtime/` (lifecycle and the host state directory) → `domain/` (pure decisions). Beside
+//! them: `config`, `nginx` (the balancer's config), `images` and `docker` (building and running
+//! containers), `host` (this machine's tools), `bench` (measurements), `util`.
 
 mod bench;
-mod build;
-mod canary;
-mod ci;
-mod deploy;
-mod publish;
-mod setup;
-mod smoke;
-mod status;
-mod switch;
-mod train;
-mod up;
+mod cmd;
+mod config;
+mod docker;
+mod domain;
+mod flags;
+mod host;
+mod http;
+mod images;
+mod nginx;
+mod ops;
+mod runtime;
+mod util;
 
 use std::process::ExitCode;
 
@@ -44,12 +40,7 @@ fn main() -> ExitCode {
 fn try_main() -> anyhow::Result<()> {
     let flags = <flags::Xtask as clap::Parser>::parse();
     let sh = Shell::new()?;
-    let mut global = flags.global;
-    // A relative `--config` means the caller's folder when the file is there, else the project
-    // root, so `cargo xtask status` works from any folder of the checkout.
-    if global.config.is_relative() && !global.config.exists() {
-        global.config = util::project_root().join(&global.config);
-    }
+    let global = flags.global;
     sh.change_dir(util::project_root());
     match flags.command {
         flags::Command::Train(cmd) => cmd.run(&sh),

@@ -7,7 +7,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use common::{service_bin, wait_until, Deployment};
+use common::{http, service_bin, wait_until, Deployment};
 use serde_json::json;
 
 #[test]
@@ -17,7 +17,7 @@ fn switch_to_a_color_that_is_down_is_refused_and_traffic_stays() {
     let out = d.fails(&["switch"]);
     assert!(out.contains("gate `health` failed for green"), "{out}");
     assert!(out.contains("traffic stays blue"), "{out}");
-    assert_eq!(d.status()["split"], json!({"blue": 100, "green": 0}));
+    d.assert_split(100, 0);
     assert_eq!(d.served().0, "blue");
     let history = d.ok(&["history", "--json"]);
     assert!(
@@ -44,18 +44,14 @@ fn switch_to_a_color_serving_the_wrong_version_is_refused() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let client = common::client();
     wait_until("the impostor answers", || {
-        client
-            .get(format!("{}/health", d.color_url("green")))
-            .send()
-            .is_ok()
+        http::get(&d.color_addr("green"), "/health").is_ok()
     });
     let out = d.fails(&["switch", "--to", "green"]);
     impostor.kill().unwrap();
     impostor.wait().unwrap();
     assert!(out.contains("it serves v1.0.0, expected v1.1.0"), "{out}");
-    assert_eq!(d.status()["split"], json!({"blue": 100, "green": 0}));
+    d.assert_split(100, 0);
 }
 
 #[test]
@@ -77,19 +73,13 @@ fn broken_static_config_is_refused_by_nginx_and_the_old_one_stays() {
         "the installed config is unchanged"
     );
     assert_eq!(d.served(), ("blue".to_owned(), "v1.0.0".to_owned()));
-    d.ok(&["switch"]);
-    assert_eq!(
-        d.served().0,
-        "green",
-        "switching still works on the old config"
-    );
+    d.switch(&[], "green", "switching still works on the old config");
 }
 
 #[test]
 fn missing_or_unreadable_route_directory_serves_blue_and_status_says_so() {
     let d = Deployment::up("route-dir");
-    d.ok(&["switch", "--to", "green"]);
-    assert_eq!(d.served().0, "green");
+    d.switch(&["--to", "green"], "green", "an explicit switch to green");
 
     let routes = d.state.join("routes");
     let aside = d.state.join("routes.aside");
@@ -137,12 +127,7 @@ fn two_switches_at_once_serialise() {
         assert!(out.status.success(), "{}", common::describe(&out));
     }
     // Two toggles, one after the other: back on blue, two generations later, state agrees.
-    let status = d.status();
-    assert_eq!(
-        status["split"],
-        json!({"blue": 100, "green": 0}),
-        "{status:#}"
-    );
+    let status = d.assert_split(100, 0);
     assert_eq!(status["generation"], 3, "{status:#}");
     assert_eq!(status["problems"], json!([]), "{status:#}");
     let history = d.ok(&["history", "--json"]);
@@ -162,15 +147,10 @@ fn two_switches_at_once_serialise() {
 fn rollback_after_a_canary_restores_all_traffic_to_the_stable_color() {
     let d = Deployment::up("canary-rollback");
     d.ok(&["canary", "--percent", "25"]);
-    assert_eq!(d.status()["split"], json!({"blue": 75, "green": 25}));
+    d.assert_split(75, 25);
     d.ok(&["smoke"]);
     d.ok(&["rollback"]);
-    let status = d.status();
-    assert_eq!(
-        status["split"],
-        json!({"blue": 100, "green": 0}),
-        "{status:#}"
-    );
+    let status = d.assert_split(100, 0);
     assert_eq!(status["active"], "blue");
     let (served, version) = d.served();
     assert_eq!((served.as_str(), version.as_str()), ("blue", "v1.0.0"));
@@ -217,19 +197,13 @@ fn a_switch_waiting_too_long_for_the_lock_fails_naming_the_holder() {
         "{out}"
     );
     assert_eq!(d.served().0, "blue", "traffic unchanged");
-    d.ok(&["switch"]);
-    assert_eq!(
-        d.served().0,
-        "green",
-        "the lock is free again once released"
-    );
+    d.switch(&[], "green", "the lock is free again once released");
 }
 
 #[test]
 fn a_crash_between_swap_and_record_is_reported_and_the_next_operation_follows_nginx() {
     let d = Deployment::up("crash-midway");
-    d.ok(&["switch"]);
-    assert_eq!(d.served().0, "green");
+    d.switch(&[], "green", "the first switch");
     // As if a switch back to blue had swapped the route in and died before recording it.
     let routes = d.state.join("routes");
     std::fs::create_dir(routes.join("gen-9")).unwrap();
@@ -246,8 +220,11 @@ fn a_crash_between_swap_and_record_is_reported_and_the_next_operation_follows_ng
     let problems = status["problems"].to_string();
     assert!(problems.contains("state.json records green (generation 2) but the route directory routes blue (generation 9)"), "{problems}");
     // The next operation starts from the live state: the standby of blue is green.
-    d.ok(&["switch"]);
-    assert_eq!(d.served().0, "green");
+    d.switch(
+        &[],
+        "green",
+        "the switch after the crash goes to blue's standby",
+    );
     let status = d.status();
     assert_eq!(
         (status["generation"].clone(), status["problems"].clone()),
@@ -259,15 +236,9 @@ fn a_crash_between_swap_and_record_is_reported_and_the_next_operation_follows_ng
 #[test]
 fn a_switch_whose_output_reader_is_gone_still_completes_and_records() {
     let d = Deployment::up("closed-stdout");
-    let mut child = d
-        .command(&["switch"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     // Nobody reads the output (`cargo xtask switch | head -0`): every write fails with EPIPE.
-    drop(child.stdout.take());
-    assert!(child.wait().unwrap().success());
-    assert_eq!(d.status()["split"], json!({"blue": 0, "green": 100}));
+    let out = d.run_with_stdout_closed(&["switch"]);
+    assert!(out.status.success(), "{}", common::describe(&out));
+    d.assert_split(0, 100);
     assert_eq!(d.served(), ("green".to_owned(), "v1.1.0".to_owned()));
 }

@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::{sync::atomic::Ordering, time::Instant};
+use std::time::Instant;
 
-use common::{Deployment, Load};
+use common::{load::under_load, Deployment, Load};
 
 const VERSIONS: [(&str, &str); 2] = [("blue", "v1.0.0"), ("green", "v1.1.0")];
 
@@ -13,54 +13,53 @@ fn version_of(color: &str) -> &'static str {
     VERSIONS.iter().find(|(c, _)| *c == color).unwrap().1
 }
 
+/// The `n`th (from 0) of alternating traffic moves `operation` (`switch` or `rollback`) from
+/// blue: it must end on green for even `n`, on blue for odd; then 50 more requests under load.
+fn toggle(d: &Deployment, load: &Load, operation: &str, n: usize) {
+    d.ok(&[operation]);
+    let target = ["green", "blue"][n % 2];
+    assert_eq!(
+        d.served(),
+        (target.to_owned(), version_of(target).to_owned()),
+        "after {operation} {}",
+        n + 1
+    );
+    load.wait_for_more(50);
+}
+
 #[test]
 fn switches_rollbacks_and_a_canary_under_load_fail_no_request() {
     let d = Deployment::up("zero-downtime");
-    let load = Load::start(&d.balancer(), 4);
     let start = Instant::now();
-    load.wait_for_more(200);
-
-    for i in 0..20 {
-        d.ok(&["switch"]);
-        let target = if i % 2 == 0 { "green" } else { "blue" };
-        assert_eq!(
-            d.served(),
-            (target.to_owned(), version_of(target).to_owned()),
-            "after switch {}",
-            i + 1
-        );
-        load.wait_for_more(50);
-        if i == 9 {
-            // A canary in between: 30 % to green, then back.
-            d.ok(&["canary", "--percent", "30"]);
-            assert_eq!(
-                d.status()["split"],
-                serde_json::json!({"blue": 70, "green": 30})
-            );
-            load.wait_for_more(100);
-            d.ok(&["rollback"]);
-            assert_eq!(d.served().0, "blue");
+    let ((), tally) = under_load(d.balancer(), 4, |load| {
+        for i in 0..20 {
+            toggle(&d, load, "switch", i);
+            if i == 9 {
+                // A canary in between: 30 % to green, then back.
+                d.ok(&["canary", "--percent", "30"]);
+                d.assert_split(70, 30);
+                load.wait_for_more(100);
+                d.ok(&["rollback"]);
+                assert_eq!(d.served().0, "blue");
+            }
         }
-    }
-    for i in 0..5 {
-        d.ok(&["rollback"]);
-        let target = if i % 2 == 0 { "green" } else { "blue" };
-        assert_eq!(
-            d.served(),
-            (target.to_owned(), version_of(target).to_owned()),
-            "after rollback {}",
-            i + 1
-        );
-        load.wait_for_more(50);
-    }
+        for i in 0..5 {
+            toggle(&d, load, "rollback", i);
+        }
+    });
 
     let secs = start.elapsed().as_secs_f64();
-    let (ok, failed, errors) = load.finish();
+    let ok = tally.ok;
     eprintln!(
-        "{ok} requests in {secs:.1} s ({:.0} req/s), {failed} failed",
-        ok as f64 / secs
+        "{ok} requests in {secs:.1} s ({:.0} req/s), {} failed",
+        ok as f64 / secs,
+        tally.failed
     );
-    assert_eq!(failed, 0, "failed requests during switches: {errors:?}");
+    assert_eq!(
+        tally.failed, 0,
+        "failed requests during switches: {:?}",
+        tally.errors
+    );
     // The waits above guarantee this many successes unless a request failed first.
     assert!(
         ok >= 200 + 20 * 50 + 100 + 5 * 50,
@@ -77,21 +76,21 @@ fn switches_rollbacks_and_a_canary_under_load_fail_no_request() {
 #[test]
 fn killing_the_active_color_under_load_fails_no_request() {
     let d = Deployment::up("kill-active");
-    let load = Load::start(&d.balancer(), 4);
-    load.wait_for_more(200);
-    d.kill("blue");
-    load.wait_for_more(500);
+    let (failed_now, tally) = under_load(d.balancer(), 4, |load| {
+        d.kill("blue");
+        load.wait_for_more(500);
+        assert_eq!(
+            d.served().0,
+            "green",
+            "the standby serves once the active color is gone"
+        );
+        load.failed()
+    });
     assert_eq!(
-        d.served().0,
-        "green",
-        "the standby serves once the active color is gone"
-    );
-    let failed_now = load.failed.load(Ordering::Relaxed);
-    let (_, failed, errors) = load.finish();
-    assert_eq!(
-        (failed_now, failed),
+        (failed_now, tally.failed),
         (0, 0),
-        "failed requests after killing blue: {errors:?}"
+        "failed requests after killing blue: {:?}",
+        tally.errors
     );
     let status = d.status();
     let problems = status["problems"].to_string();

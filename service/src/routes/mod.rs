@@ -1,83 +1,40 @@
-//! The HTTP handlers, one module per family of routes, and the small ones here.
+//! The HTTP handlers, one module per family of routes. Each family keeps its routes beside its
+//! handlers (`router()`) and its part of the OpenAPI document (`Doc`); [`router`] merges the
+//! families and adds the JSON fallbacks for unknown routes and methods.
+//!
+//! - `/health` in [`health`];
+//! - `/predict` in [`predict`];
+//! - the Open Inference Protocol under `/v2` in [`v2`];
+//! - `/metrics` in [`metrics`];
+//! - `/openapi.json` in [`openapi`], the document assembled from every family's `Doc`.
+//!
+//! Handlers read [`crate::state`], never [`crate::server`], which mounts them.
 
+pub mod health;
+pub mod metrics;
+pub mod openapi;
 pub mod predict;
 pub mod v2;
 
 use axum::{
-    extract::State,
-    http::{header, HeaderValue, Method, StatusCode, Uri},
-    response::{IntoResponse, Response},
-    Json,
-};
-use serde::Serialize;
-use utoipa::ToSchema;
-
-use crate::{
-    error::ApiError,
-    server::{AppState, MODEL_NAME},
+    http::{Method, StatusCode, Uri},
+    Router,
 };
 
-/// `GET /health`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct HealthResponse<'a> {
-    /// Always `ok` when the service answers.
-    #[schema(example = "ok")]
-    pub status: &'a str,
-    /// The model version this process serves.
-    #[schema(example = "v1.0.0")]
-    pub version: &'a str,
-    /// The model's name in the inference protocol.
-    #[schema(example = "iris")]
-    pub model: &'a str,
-}
+use crate::{error::ApiError, state::AppState};
 
-/// The service is up and serving its model.
-#[utoipa::path(
-    get, path = "/health", tag = "service",
-    responses((status = 200, description = "Serving", body = HealthResponse))
-)]
-pub async fn health(State(state): State<AppState>) -> Response {
-    Json(HealthResponse {
-        status: "ok",
-        version: state.model.version(),
-        model: MODEL_NAME,
-    })
-    .into_response()
-}
-
-/// The OpenAPI 3 document of this service, generated from the code.
-#[utoipa::path(
-    get, path = "/openapi.json", tag = "service",
-    responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json"))
-)]
-pub async fn openapi() -> Response {
-    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let doc = DOC.get_or_init(crate::openapi::json);
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        doc.clone(),
-    )
-        .into_response()
-}
-
-/// Prometheus metrics in the text exposition format.
-#[utoipa::path(
-    get, path = "/metrics", tag = "service",
-    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain"))
-)]
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.metrics.render(&state.model);
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        text,
-    )
-        .into_response()
+/// Every route of the service with the JSON 404 and 405 fallbacks; the caller adds the state
+/// and the middleware.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(health::router())
+        .merge(predict::router())
+        .merge(v2::router())
+        .merge(openapi::router())
+        .merge(metrics::router())
+        .fallback(not_found)
+        // After the merges: it applies to the routes registered so far.
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 /// Unknown routes: 404 with a JSON body.

@@ -6,20 +6,34 @@ use std::fmt;
 use axum::{
     extract::State,
     response::{IntoResponse, Response},
-    Json,
+    routing::post,
+    Json, Router,
 };
 use serde::{
     de::{self, SeqAccess, Visitor},
     Deserialize, Deserializer, Serialize,
 };
-use utoipa::ToSchema;
+use utoipa::{OpenApi, ToSchema};
 
 use crate::{
     error::{ApiError, ErrorBody},
     extract::JsonBody,
     model::{N_CLASSES, N_FEATURES},
-    server::{AppState, MAX_BATCH_ROWS},
+    state::{check_batch, AppState},
 };
+
+/// This family's routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/predict", post(predict))
+}
+
+/// This family's part of the OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    paths(predict),
+    components(schemas(PredictRequest, PredictResponse, BatchPredictResponse, RowPrediction))
+)]
+pub struct Doc;
 
 /// One input row: exactly four finite numbers. Deserialized straight into an array, so a
 /// request allocates nothing for its features.
@@ -125,8 +139,7 @@ pub async fn predict(
     let model = &state.model;
     match (request.features, request.instances) {
         (Some(row), None) => {
-            let p = model.predict(&row.0);
-            state.metrics.count_prediction(p.class);
+            let p = state.predict(&row.0);
             Ok(Json(PredictResponse {
                 class: p.class,
                 label: model.label(p.class),
@@ -140,8 +153,7 @@ pub async fn predict(
             let predictions = rows
                 .iter()
                 .map(|row| {
-                    let p = model.predict(&row.0);
-                    state.metrics.count_prediction(p.class);
+                    let p = state.predict(&row.0);
                     RowPrediction { class: p.class, label: model.label(p.class), probabilities: p.probabilities }
                 })
                 .collect();
@@ -152,21 +164,6 @@ pub async fn predict(
             "expected \"features\": [4 numbers] for one row, or \"instances\": [[4 numbers], ...] for a batch",
         )),
     }
-}
-
-/// A batch must have between 1 and [`MAX_BATCH_ROWS`] rows.
-pub fn check_batch(rows: usize) -> Result<(), ApiError> {
-    if rows == 0 {
-        return Err(ApiError::unprocessable(
-            "the batch is empty: send at least one row",
-        ));
-    }
-    if rows > MAX_BATCH_ROWS {
-        return Err(ApiError::too_large(format!(
-            "the batch has {rows} rows; at most {MAX_BATCH_ROWS} are allowed"
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -190,15 +187,5 @@ mod tests {
         assert!(long.contains("got 5"), "{long}");
         assert!(serde_json::from_str::<Row>(r#"[1, 2, "x", 4]"#).is_err());
         assert!(serde_json::from_str::<Row>("[1, 2, 3, 1e999]").is_err());
-    }
-
-    #[test]
-    fn batch_limits() {
-        assert_eq!(check_batch(0).unwrap_err().status.as_u16(), 422);
-        assert!(check_batch(1).is_ok() && check_batch(MAX_BATCH_ROWS).is_ok());
-        assert_eq!(
-            check_batch(MAX_BATCH_ROWS + 1).unwrap_err().status.as_u16(),
-            413
-        );
     }
 }

@@ -8,19 +8,72 @@
 use axum::{
     extract::{Path, State},
     response::{IntoResponse, Response},
-    Json,
+    routing::{get, post},
+    Json, Router,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::{OpenApi, ToSchema};
 
 use crate::{
     error::{ApiError, ErrorBody},
     extract::JsonBody,
     model::{N_CLASSES, N_FEATURES},
-    routes::predict::check_batch,
-    server::{AppState, MODEL_NAME},
+    state::{check_batch, AppState, MODEL_NAME},
 };
+
+/// This family's routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(model_version_metadata),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_version_ready),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(infer_version),
+        )
+}
+
+/// This family's part of the OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        live,
+        ready,
+        server_metadata,
+        model_metadata,
+        model_version_metadata,
+        model_ready,
+        model_version_ready,
+        infer,
+        infer_version,
+    ),
+    components(schemas(
+        HealthStatus,
+        ServerMetadata,
+        ModelMetadata,
+        TensorMetadata,
+        ModelReady,
+        InferRequest,
+        InferInput,
+        RequestedOutput,
+        InferResponse,
+        InferOutput,
+        OutputData,
+    ))
+)]
+pub struct Doc;
 
 /// The name of the model's input tensor.
 pub const INPUT_NAME: &str = "input-0";
@@ -296,8 +349,7 @@ fn run_inference(state: &AppState, request: InferRequest) -> Result<Response, Ap
     let mut classes = Vec::with_capacity(rows.len());
     let mut probabilities = Vec::with_capacity(rows.len() * N_CLASSES);
     for row in &rows {
-        let p = state.model.predict(row);
-        state.metrics.count_prediction(p.class);
+        let p = state.predict(row);
         classes.push(p.class as i64);
         probabilities.extend_from_slice(&p.probabilities);
     }

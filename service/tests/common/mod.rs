@@ -18,7 +18,8 @@ use http_body_util::BodyExt;
 use service::{
     config::Config,
     model::Model,
-    server::{self, AppState, Server},
+    server::{self, Server},
+    state::AppState,
 };
 use tower::ServiceExt;
 
@@ -97,17 +98,36 @@ pub async fn send(app: &Router, request: Request<Body>) -> Answer {
     }
 }
 
+/// Sends `method uri` with `headers` and `body` through the router.
+pub async fn request(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Body>,
+) -> Answer {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    send(app, builder.body(body.into()).unwrap()).await
+}
+
 pub async fn get(app: &Router, uri: &str) -> Answer {
-    send(app, Request::get(uri).body(Body::empty()).unwrap()).await
+    get_with(app, uri, &[]).await
+}
+
+pub async fn get_with(app: &Router, uri: &str, headers: &[(&str, &str)]) -> Answer {
+    request(app, "GET", uri, headers, Body::empty()).await
 }
 
 pub async fn post_json(app: &Router, uri: &str, body: impl Into<Body>) -> Answer {
-    send(
+    request(
         app,
-        Request::post(uri)
-            .header("content-type", "application/json")
-            .body(body.into())
-            .unwrap(),
+        "POST",
+        uri,
+        &[("content-type", "application/json")],
+        body,
     )
     .await
 }

@@ -39,10 +39,9 @@ use super::{
 };
 use crate::{
     config,
-    engine::{self, ComposeKind},
-    flags, images,
+    docker::{self, ComposeKind},
+    flags, host, images,
     runtime::compose::{service_image_ref, CONTAINER_PORT},
-    setup,
     util::project_root,
 };
 
@@ -75,8 +74,8 @@ impl Op {
 }
 
 pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> Result<()> {
-    engine::ensure_engine(sh).context("start the Docker engine")?;
-    setup::ensure_commands(sh, &[setup::WRK]).context("install wrk")?;
+    docker::ensure_engine(sh).context("start the Docker engine")?;
+    host::ensure_commands(sh, &[host::WRK]).context("install wrk")?;
     let load_before = report::load_average();
     let tools = tools(sh)?;
 
@@ -374,7 +373,7 @@ fn tools(sh: &Shell) -> Result<Tools> {
         .quiet()
         .read()
         .context("ask the Docker engine its version")?;
-    let compose = match engine::detect_kind(sh)? {
+    let compose = match docker::detect_kind(sh)? {
         ComposeKind::V2 => {
             let v = cmd!(sh, "docker compose version --short").quiet().read()?;
             format!("`docker compose` {} (v2)", v.trim())

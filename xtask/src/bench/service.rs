@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use super::wrk::{self, Wrk, THREADS};
-use crate::{flags, setup, util::poll};
+use crate::{flags, host, util::poll};
 
 /// The model version the benchmark serves.
 const VERSION: &str = "v1.0.0";
@@ -40,7 +40,7 @@ pub(crate) struct Measured {
 }
 
 pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> Result<()> {
-    setup::ensure_commands(sh, &[setup::WRK]).context("install wrk")?;
+    host::ensure_commands(sh, &[host::WRK]).context("install wrk")?;
     cmd!(
         sh,
         "cargo build --quiet --release --package service --bin ml-service"

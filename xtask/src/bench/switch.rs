@@ -31,7 +31,7 @@ use super::{
 use crate::{
     config::DeployConfig,
     domain::Color,
-    flags, nginx, setup,
+    flags, host, nginx,
     util::{self, project_root},
 };
 
@@ -42,7 +42,7 @@ const RESTARTS: usize = 10;
 const SECTION: &str = "## Switching";
 
 pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> Result<()> {
-    setup::ensure_commands(sh, &[setup::NGINX, setup::WRK])?;
+    host::ensure_commands(sh, &[host::NGINX, host::WRK])?;
     let dir = project_root().join("target/bench/switch");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).context("create the benchmark folder")?;
@@ -231,21 +231,26 @@ impl Bench<'_> {
         fs::rename(&tmp, p.join("nginx.conf")).context("write the classic config")
     }
 
-    fn classic_start(&self, color: Color) -> Result<()> {
-        self.classic_write(color)?;
+    /// `nginx <args> -p <prefix> -c <conf> -e <error log>` for the classic nginx.
+    fn classic_nginx(&self, args: &[&str]) -> Result<()> {
         let (sh, p) = (self.sh, self.classic_prefix());
-        let nginx = setup::find_command("nginx").context("find nginx")?;
+        let nginx = host::find_command("nginx").context("find nginx")?;
         let (prefix, conf, err) = (
             format!("{}/", p.display()),
             p.join("nginx.conf"),
             p.join("logs/error.log"),
         );
-        cmd!(sh, "{nginx} -p {prefix} -c {conf} -e {err}")
+        cmd!(sh, "{nginx} {args...} -p {prefix} -c {conf} -e {err}")
             .quiet()
             .ignore_stdout()
             .ignore_stderr()
             .run()
-            .context("start the classic nginx")?;
+            .with_context(|| format!("nginx {}", args.join(" ")))
+    }
+
+    fn classic_start(&self, color: Color) -> Result<()> {
+        self.classic_write(color)?;
+        self.classic_nginx(&[]).context("start the classic nginx")?;
         let url = format!("127.0.0.1:{}", self.classic_port);
         util::poll(
             "the classic nginx to listen",
@@ -259,19 +264,7 @@ impl Bench<'_> {
     }
 
     fn classic_signal(&self, signal: &str) -> Result<()> {
-        let (sh, p) = (self.sh, self.classic_prefix());
-        let nginx = setup::find_command("nginx").context("find nginx")?;
-        let (prefix, conf, err) = (
-            format!("{}/", p.display()),
-            p.join("nginx.conf"),
-            p.join("logs/error.log"),
-        );
-        cmd!(sh, "{nginx} -s {signal} -p {prefix} -c {conf} -e {err}")
-            .quiet()
-            .ignore_stdout()
-            .ignore_stderr()
-            .run()
-            .with_context(|| format!("nginx -s {signal}"))
+        self.classic_nginx(&["-s", signal])
     }
 
     /// Stops the classic nginx (`-s quit`, graceful) and waits until its master has exited.

@@ -19,7 +19,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::setup;
+use crate::host;
 
 /// The request body: one Iris row.
 pub const BODY: &str = r#"{"features":[5.1,3.5,1.4,0.2]}"#;
@@ -107,7 +107,7 @@ pub struct WrkRun {
 impl WrkRun {
     /// Starts `wrk -t2 -c<connections> -d<secs>s --latency -s <lua> <url>`.
     pub fn start(lua: &Path, url: &str, secs: u64, connections: u32) -> Result<WrkRun> {
-        let wrk = setup::find_command("wrk").context("find wrk")?;
+        let wrk = host::find_command("wrk").context("find wrk")?;
         // A child that runs while this thread works (and may be signalled): `Command`, not `cmd!`.
         let child = Command::new(wrk)
             .args([

@@ -1,30 +1,37 @@
 //! Runtimes: how the colors and nginx are started, and where the deployment's truth lives.
 //!
-//! The switch logic (`switch.rs`) talks only to [`Runtime`]; it does not know whether the colors
-//! are containers or child processes. Two implementations:
+//! The operation engine (`ops/`) talks only to [`Runtime`]; it does not know whether the colors
+//! are containers or child processes. A runtime implements two things and nothing else:
+//! - **lifecycle** ([`Runtime`]): start and stop the colors and the balancer, test and install
+//!   nginx's static config, read logs;
+//! - **the host state directory** ([`HostDir`]): a few atomic file operations on the
+//!   deployment host (read, write, append, list, install a folder, swap a link, lock).
+//!
+//! Route generations are written once, in [`routes`], over [`HostDir`]; the state file and the
+//! operation log are written by `ops/` over the same trait. Implementations:
 //! - [`local`]: the service binaries and a host nginx as child processes, state under
 //!   `.deploy/local/` (the deploy configuration's `local.state_dir`);
 //! - [`compose`]: containers through `docker compose` / `docker-compose`, state in a named volume
-//!   mounted into the nginx container, changed only through the Docker API.
+//!   mounted into the nginx container, changed only through the Docker API;
+//! - `fake` (tests only): an in-memory host directory with injectable failures.
 //!
 //! [`open`] picks one: `--runtime local|compose`, or `auto` = compose when `docker info` answers
 //! and [`compose::Compose::new`] succeeds, local otherwise.
 //!
 //! The **host state directory** holds, relative to its root:
 //! - `routes/gen-<n>/<bucket>`: one empty file per bucket that goes to green (generation `n`);
-//! - `routes/current`: a symlink to the active `gen-<n>` (relative target `gen-<n>`), replaced
-//!   atomically by `rename(2)`; nginx tests `<route_dir>/current/$bucket` per request, where
-//!   `route_dir` is [`NginxParams::route_dir`] (the host state directory's `routes` as nginx sees
-//!   it);
+//! - `routes/current`: a symlink to the active `gen-<n>`, replaced atomically by `rename(2)`;
+//!   nginx tests `<route_dir>/current/$bucket` per request, where `route_dir` is
+//!   [`NginxParams::route_dir`] (the host state directory's `routes` as nginx sees it);
 //! - `state.json`: the recorded deploy state ([`crate::domain::DeployState`]);
 //! - `operations.jsonl`: the operation log, one [`crate::domain::Operation`] per line;
-//! - `lock`: serialises operations.
-//!
-//! The callers render nginx's config with [`crate::nginx::render`]`(&runtime.nginx_params())`,
-//! so both runtimes serve the same routing logic.
+//! - the lock that serialises operations (its form is the runtime's business).
 
 pub mod compose;
+#[cfg(test)]
+pub mod fake;
 pub mod local;
+pub mod routes;
 
 use std::time::Duration;
 
@@ -49,24 +56,52 @@ impl std::fmt::Display for Part {
     }
 }
 
-/// What the route symlink says right now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouteReading {
-    /// `routes/current` points at generation `generation`, which sends `green_buckets` to green.
-    Active {
-        generation: u64,
-        green_buckets: Vec<u16>,
-    },
-    /// There is no `routes/current`: nginx sends every request to its default (blue).
-    Missing,
-    /// `routes/current` exists but cannot be read (by us or by nginx's workers); the text says
-    /// why. nginx's `if -f` is then false, so every request goes to blue.
-    Unreadable(String),
-}
-
 /// Held while an operation runs; dropping it releases the lock.
 pub type HostLock = Box<dyn std::any::Any>;
 
+/// What a link in the host state directory is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    /// Nothing at that path.
+    Missing,
+    /// A symlink to this (relative) target.
+    To(String),
+    /// Something else is there, or it cannot be read; the text says what.
+    Broken(String),
+}
+
+/// The deployment host's state directory. Paths are relative to its root and `/`-separated;
+/// every change is atomic for readers (nginx's workers, another operation).
+pub trait HostDir {
+    /// The contents of `rel`, `None` when it does not exist.
+    fn read(&self, rel: &str) -> Result<Option<String>>;
+    /// Replaces `rel` via a temporary file and `rename(2)`: readers see the old or the new
+    /// contents, never a mix.
+    fn write(&self, rel: &str, contents: &str) -> Result<()>;
+    /// Appends `line` and a newline in one write (the operation log).
+    fn append(&self, rel: &str, line: &str) -> Result<()>;
+    /// The names in folder `rel`, `None` when it does not exist; an error when it cannot be read.
+    fn list(&self, rel: &str) -> Result<Option<Vec<String>>>;
+    /// Creates folder `rel` holding one empty file per name in `empty_files`, replacing a
+    /// leftover of the same name; readable by nginx's workers.
+    fn install_dir(&self, rel: &str, empty_files: &[String]) -> Result<()>;
+    /// Atomically points the symlink `link` at `target` (a new link renamed over the old).
+    fn swap_link(&self, link: &str, target: &str) -> Result<()>;
+    /// Where the symlink `link` points.
+    fn read_link(&self, link: &str) -> Result<Link>;
+    /// Removes the folders `rels` and everything in them; absent ones are not an error.
+    fn remove_dirs(&self, rels: &[String]) -> Result<()>;
+    /// Why nginx's workers could not read folder `rel` although this process can (file modes
+    /// on the way to it), if so. Runtimes where both read alike keep the default.
+    fn balancer_cannot_read(&self, _rel: &str) -> Option<String> {
+        None
+    }
+    /// Takes the host-wide operation lock, waiting at most `timeout`; the error on timeout says
+    /// who holds it (when known) and what to do. `holder` describes this operation for others.
+    fn lock(&self, timeout: Duration, holder: &str) -> Result<HostLock>;
+}
+
+/// Starting and stopping the parts of a deployment.
 pub trait Runtime {
     /// "local" or "compose", for messages and the operation log.
     fn name(&self) -> &'static str;
@@ -79,7 +114,8 @@ pub trait Runtime {
     /// The values this runtime's nginx config is rendered with ([`crate::nginx::render`]).
     fn nginx_params(&self) -> NginxParams;
 
-    // Lifecycle.
+    /// The host state directory, where routes, state and the operation log live.
+    fn host(&self) -> &dyn HostDir;
 
     /// Starts the balancer with `nginx_conf` as its static config, creating the host state
     /// directory if needed. Idempotent: a running balancer with the same config is left alone; a
@@ -98,40 +134,12 @@ pub trait Runtime {
     /// state directories).
     fn down(&self) -> Result<()>;
 
-    // Static nginx config: changed rarely, never during a switch.
-
     /// Tests `nginx_conf` with `nginx -t`; if it passes, installs it and reloads nginx. If it
-    /// fails, the running config stays and the error carries nginx's own message.
+    /// fails, the running config stays and the error carries nginx's own message. Changed
+    /// rarely, never during a switch.
     fn apply_config(&self, nginx_conf: &str) -> Result<()>;
     /// The static config nginx runs with now, if one is installed.
     fn current_config(&self) -> Result<Option<String>>;
-
-    // The host state directory (paths relative to its root, `/`-separated).
-
-    fn read_file(&self, rel: &str) -> Result<Option<String>>;
-    /// Writes via a temporary file and `rename(2)`, so readers see the old or the new contents.
-    fn write_file_atomic(&self, rel: &str, contents: &str) -> Result<()>;
-    /// Appends `line` and a newline (the operation log).
-    fn append_line(&self, rel: &str, line: &str) -> Result<()>;
-
-    // Routing.
-
-    /// Creates `routes/gen-<generation>/` holding one empty file per bucket in `green_buckets`
-    /// (replacing a leftover directory of that name), readable by nginx's workers.
-    fn install_generation(&self, generation: u64, green_buckets: &[u16]) -> Result<()>;
-    /// Atomically points `routes/current` at `gen-<generation>` (new symlink renamed over the old).
-    fn activate_generation(&self, generation: u64) -> Result<()>;
-    /// Reads `routes/current` and the bucket files of the generation it points at.
-    fn active_generation(&self) -> Result<RouteReading>;
-    /// The highest generation number present under `routes/` (0 when none), so a new one never
-    /// reuses a number, even after a crash left an unrecorded generation behind.
-    fn max_generation(&self) -> Result<u64>;
-    /// Removes every generation directory not in `keep`.
-    fn prune_generations(&self, keep: &[u64]) -> Result<()>;
-
-    /// Takes the host-wide operation lock, waiting at most `timeout`; the error on timeout says
-    /// who holds it (when known) and what to do. `holder` describes this operation for others.
-    fn lock(&self, timeout: Duration, holder: &str) -> Result<HostLock>;
 }
 
 /// Opens the runtime `--runtime` names (`auto`: compose when a Docker engine answers and the
@@ -152,7 +160,7 @@ pub fn open(sh: &Shell, global: &flags::Global, config: &DeployConfig) -> Result
             {
                 return Ok(Box::new(local::Local::new(sh, config)?));
             }
-            if crate::engine::engine_answers(sh) {
+            if crate::docker::engine_answers(sh) {
                 if let Ok(compose) = compose::Compose::new(sh, config) {
                     return Ok(Box::new(compose));
                 }

@@ -13,16 +13,16 @@
 use anyhow::{Context, Result};
 use xshell::Shell;
 
-use crate::{config, engine, flags, images, util};
+use crate::{config, docker, flags, images};
 
 impl flags::Build {
     pub(crate) fn run(self, sh: &Shell, global: &flags::Global) -> Result<()> {
-        let config = config::load(&util::project_root().join(&global.config))?;
+        let config = config::load(&global.config_path())?;
         let binary = images::build_service_binary(sh)?;
         if self.no_image {
             return Ok(());
         }
-        engine::ensure_engine(sh)?;
+        docker::ensure_engine(sh)?;
         let image = images::service_image(sh, &config.compose.image)?;
         images::build_service_image(sh, &image, &binary).context("build the service image")?;
         let offline = self.offline || images::offline_from_env();

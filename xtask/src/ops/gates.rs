@@ -1,17 +1,90 @@
 //! Gates: checks a color must pass before it gets traffic. A failed gate leaves traffic alone.
 //!
-//! Steps of [`check_color`], each a named gate so the error says which one failed and why:
+//! [`GATES`] is the list, in order; each is named so the error says which one failed and why:
 //! 1. `health`: `GET /health` answers 200 `{"status":"ok","version":<expected>}`;
 //! 2. `predictions`: the golden Iris rows are classified as expected (a model-aware gate);
 //! 3. `bad-input`: malformed JSON and a wrong feature count get a 4xx, not a 5xx.
 //!
-//! The checks of each reply are pure functions ([`check_health`], [`check_prediction`]).
-
-use std::time::Duration;
+//! A new gate is one entry in [`GATES`]. The operation engine reaches colors and the balancer
+//! only through [`Checks`], so its failure paths can be tested without sockets; [`Http`] is the
+//! real implementation. The checks of each reply are pure functions ([`check_health`],
+//! [`check_prediction`], [`check_served`]).
 
 use anyhow::{bail, Context, Result};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
+
+use crate::domain::{Color, DeployState, Split};
+pub use crate::http::{balancer_answers, client};
+
+/// One gate: a name for messages and the check, given the color's URL and expected version.
+pub struct Gate {
+    pub name: &'static str,
+    pub check: fn(&Client, &str, &str) -> Result<()>,
+}
+
+/// Every gate a color passes before its share of traffic grows, in order.
+pub const GATES: [Gate; 3] = [
+    Gate {
+        name: "health",
+        check: |client, url, version| {
+            let (status, body) = health(client, url)?;
+            check_health(status, &body, Some(version)).map(drop)
+        },
+    },
+    Gate {
+        name: "predictions",
+        check: |client, url, _| golden(client, url),
+    },
+    Gate {
+        name: "bad-input",
+        check: |client, url, _| bad_input(client, url),
+    },
+];
+
+/// One answer through the balancer: its status, the color that served it and its version
+/// (`""` when a header is absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    pub status: u16,
+    pub color: String,
+    pub version: String,
+}
+
+/// How the operation engine reaches colors and the balancer.
+pub trait Checks {
+    /// Runs every gate against the color at `url` (named `who` in errors), expecting `version`.
+    fn gate(&self, who: &str, url: &str, version: &str) -> Result<()>;
+    /// One `GET /health` through the balancer at `url`.
+    fn through_balancer(&self, url: &str) -> Result<Served>;
+}
+
+/// The real checks, over HTTP.
+pub struct Http(pub Client);
+
+impl Checks for Http {
+    fn gate(&self, who: &str, url: &str, version: &str) -> Result<()> {
+        for gate in &GATES {
+            (gate.check)(&self.0, url, version)
+                .with_context(|| format!("gate `{}` failed for {who}", gate.name))?;
+        }
+        Ok(())
+    }
+
+    fn through_balancer(&self, url: &str) -> Result<Served> {
+        let response = self
+            .0
+            .get(format!("{url}/health"))
+            .send()
+            .with_context(|| format!("no answer from {url}"))?;
+        let (color, version) = served_by(&response);
+        Ok(Served {
+            status: response.status().as_u16(),
+            color,
+            version,
+        })
+    }
+}
 
 /// Rows every model version must classify correctly: features, class index, label.
 pub const GOLDEN: [([f64; 4], u64, &str); 3] = [
@@ -44,10 +117,10 @@ pub fn served_by(response: &reqwest::blocking::Response) -> (String, String) {
 pub fn check_served(
     served: &str,
     version: &str,
-    split: crate::domain::Split,
-    state: &crate::domain::DeployState,
-) -> Result<crate::domain::Color> {
-    let color: crate::domain::Color = served
+    split: Split,
+    state: &DeployState,
+) -> Result<Color> {
+    let color: Color = served
         .parse()
         .map_err(|_| anyhow::anyhow!("an answer without a color in X-Served-By ({served:?})"))?;
     if split.share(color) == 0 {
@@ -58,26 +131,6 @@ pub fn check_served(
         bail!("{color} answered with {version:?}, but the state records {expected}");
     }
     Ok(color)
-}
-
-/// An HTTP client for gates and checks: short timeouts, no proxy from the environment.
-pub fn client() -> Result<Client> {
-    Client::builder()
-        .timeout(Duration::from_secs(5))
-        .connect_timeout(Duration::from_secs(2))
-        .no_proxy()
-        .build()
-        .context("build the HTTP client")
-}
-
-/// Runs every gate against the color at `url` (named `who` in errors), expecting `version`.
-pub fn check_color(client: &Client, who: &str, url: &str, version: &str) -> Result<()> {
-    let reply = health(client, url).with_context(|| format!("gate `health` failed for {who}"))?;
-    check_health(reply.0, &reply.1, Some(version))
-        .with_context(|| format!("gate `health` failed for {who}"))?;
-    golden(client, url).with_context(|| format!("gate `predictions` failed for {who}"))?;
-    bad_input(client, url).with_context(|| format!("gate `bad-input` failed for {who}"))?;
-    Ok(())
 }
 
 /// `GET /health`: the status code and the body.

@@ -1,4 +1,4 @@
-//! `cargo xtask smoke`: check the deployment through the balancer, as a client sees it.
+//! Smoke checks: the deployment through the balancer, as a client sees it.
 //!
 //! Steps (each a named check; all run, the summary counts them):
 //! 1. `health`: `/health` through the balancer answers 200 `status: ok`;
@@ -13,76 +13,65 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
-use xshell::Shell;
 
-use crate::{
-    domain::{DeployState, Split},
-    flags, gate,
-    runtime::Part,
-    switch::{self, Ctx},
-};
+use super::{gates, read_live, Deployment};
+use crate::domain::{DeployState, Split};
 
 /// Requests sampled for the `versions` check.
 pub const SAMPLES: usize = 200;
 /// How far (percentage points) a color's sampled share may stray from the split.
 pub const MAX_SKEW: usize = 15;
 
-impl flags::Smoke {
-    pub(crate) fn run(self, sh: &Shell, global: &flags::Global) -> Result<()> {
-        let ctx = Ctx::open(sh, global)?;
-        let url = self
-            .url
-            .clone()
-            .unwrap_or_else(|| ctx.rt.url(Part::Balancer));
-        let live = switch::read_live(&ctx)?;
-        let state = live.state(&ctx.config);
-        let checks: [(&str, Result<String>); 4] = [
-            ("health", health(&ctx, &url)),
-            (
-                "predictions",
-                gate::golden(&ctx.client, &url)
-                    .map(|()| format!("{} golden rows right", gate::GOLDEN.len())),
-            ),
-            (
-                "bad-input",
-                gate::bad_input(&ctx.client, &url).map(|()| "answered 4xx".into()),
-            ),
-            (
-                "versions",
-                sample(&ctx, &url).and_then(|counts| check_versions(&counts, live.split, &state)),
-            ),
-        ];
-        let mut failed = 0;
-        for (name, result) in &checks {
-            match result {
-                Ok(detail) => crate::say!("ok    {name}: {detail}"),
-                Err(err) => {
-                    failed += 1;
-                    crate::say!("FAIL  {name}: {err:#}");
-                }
+/// Runs every check through the balancer at `url`; fails when any fails.
+pub fn smoke(ctx: &Deployment, url: &str) -> Result<()> {
+    let live = read_live(ctx)?;
+    let state = live.state(&ctx.config);
+    let checks: [(&str, Result<String>); 4] = [
+        ("health", health(ctx, url)),
+        (
+            "predictions",
+            gates::golden(&ctx.client, url)
+                .map(|()| format!("{} golden rows right", gates::GOLDEN.len())),
+        ),
+        (
+            "bad-input",
+            gates::bad_input(&ctx.client, url).map(|()| "answered 4xx".into()),
+        ),
+        (
+            "versions",
+            sample(ctx, url).and_then(|counts| check_versions(&counts, live.split, &state)),
+        ),
+    ];
+    let mut failed = 0;
+    for (name, result) in &checks {
+        match result {
+            Ok(detail) => crate::say!("ok    {name}: {detail}"),
+            Err(err) => {
+                failed += 1;
+                crate::say!("FAIL  {name}: {err:#}");
             }
         }
-        let passed = checks.len() - failed;
-        crate::say!(
-            "smoke: {passed}/{} checks passed through {url} (traffic {})",
-            checks.len(),
-            live.split
-        );
-        if failed > 0 {
-            bail!("smoke failed: {failed} check(s) failed (see above; `cargo xtask status` shows the live state)");
-        }
-        Ok(())
     }
+    let passed = checks.len() - failed;
+    crate::say!(
+        "smoke: {passed}/{} checks passed through {url} (traffic {})",
+        checks.len(),
+        live.split
+    );
+    if failed > 0 {
+        bail!("smoke failed: {failed} check(s) failed (see above; `cargo xtask status` shows the live state)");
+    }
+    Ok(())
 }
 
-fn health(ctx: &Ctx, url: &str) -> Result<String> {
-    let (status, body) = gate::health(&ctx.client, url)?;
-    let version = gate::check_health(status, &body, None)?;
+fn health(ctx: &Deployment, url: &str) -> Result<String> {
+    let (status, body) = gates::health(&ctx.client, url)?;
+    let version = gates::check_health(status, &body, None)?;
     Ok(format!("200, {version}"))
 }
 
 /// Counts answers by (`X-Served-By`, `X-Model-Version`); any non-200 fails.
-fn sample(ctx: &Ctx, url: &str) -> Result<BTreeMap<(String, String), usize>> {
+fn sample(ctx: &Deployment, url: &str) -> Result<BTreeMap<(String, String), usize>> {
     let mut counts = BTreeMap::new();
     for _ in 0..SAMPLES {
         let response = ctx
@@ -96,7 +85,7 @@ fn sample(ctx: &Ctx, url: &str) -> Result<BTreeMap<(String, String), usize>> {
                 response.status()
             );
         }
-        *counts.entry(gate::served_by(&response)).or_insert(0) += 1;
+        *counts.entry(gates::served_by(&response)).or_insert(0) += 1;
     }
     Ok(counts)
 }
@@ -110,7 +99,7 @@ pub fn check_versions(
     let total: usize = counts.values().sum();
     let mut seen = BTreeMap::new();
     for ((served, version), n) in counts {
-        let color = gate::check_served(served, version, split, state)
+        let color = gates::check_served(served, version, split, state)
             .map_err(|why| anyhow::anyhow!("{why:#} ({n} of {total} answers)"))?;
         *seen.entry(color).or_insert(0) += n;
     }

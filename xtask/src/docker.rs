@@ -9,6 +9,7 @@
 //!    logging to `/var/log/mldeploy-dockerd.log` (or `.deploy/dockerd.log`);
 //! 4. poll `docker info` until it answers or the deadline passes (the error shows the log's tail).
 //!
+//! [`docker_needs`] says what of the engine and compose is missing here.
 //! [`ComposeCli::detect`] finds `docker compose` (v2 plugin) or `docker-compose` (v1) and builds
 //! their command lines.
 
@@ -22,7 +23,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Cmd, Shell};
 
-use crate::{setup, util};
+use crate::{host, util};
 
 /// How long a freshly started `dockerd` may take to answer.
 const ENGINE_START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -40,16 +41,16 @@ pub fn ensure_engine(sh: &Shell) -> Result<()> {
             );
         }
     }
-    let Some(dockerd) = setup::find_command("dockerd") else {
+    let Some(dockerd) = host::find_command("dockerd") else {
         bail!(
             "no Docker engine answers and `dockerd` is not installed: run `cargo xtask setup` \
              (installs docker.io), or use `--runtime local`"
         );
     };
-    if !setup::has_command("docker") {
+    if !host::has_command("docker") {
         bail!("the `docker` command is missing: run `cargo xtask setup` (installs docker.io)");
     }
-    if !setup::is_root(sh) {
+    if !host::is_root() {
         bail!(
             "no Docker engine answers: start it (`sudo systemctl start docker` or `sudo dockerd &`), \
              or run this as root so it can start `dockerd` itself"
@@ -90,7 +91,7 @@ pub fn ensure_engine(sh: &Shell) -> Result<()> {
 
 /// Whether a Docker engine answers `docker info`.
 pub fn engine_answers(sh: &Shell) -> bool {
-    setup::has_command("docker") && {
+    host::has_command("docker") && {
         let format = "{{.ServerVersion}}";
         cmd!(sh, "docker info --format {format}")
     }
@@ -138,13 +139,28 @@ fn start_dockerd(dockerd: &Path, log: &Path) -> Result<()> {
 
 fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
-    last_lines(&text, lines)
+    util::last_lines(&text, lines)
 }
 
-/// The last `n` lines of `text`.
-pub fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+/// What the compose runtime needs that is missing here: the engine (`dockerd`) unless one
+/// already answers (a remote `DOCKER_HOST`, say), and a compose CLI unless `docker compose`
+/// (v2) or `docker-compose` (v1) works.
+pub fn docker_needs(sh: &Shell) -> Vec<host::Need> {
+    let mut needs = Vec::new();
+    if !engine_answers(sh) {
+        needs.push(host::DOCKER);
+    }
+    let compose_v2 = host::has_command("docker")
+        && cmd!(sh, "docker compose version")
+            .quiet()
+            .ignore_stdout()
+            .ignore_stderr()
+            .run()
+            .is_ok();
+    if !compose_v2 {
+        needs.push(host::DOCKER_COMPOSE);
+    }
+    needs
 }
 
 /// Which compose tool drives the containers.
@@ -205,7 +221,7 @@ pub fn detect_kind(sh: &Shell) -> Result<ComposeKind> {
         return Ok(ComposeKind::V2);
     }
     // `docker-compose version` takes half a second (Python starting); being installed is enough.
-    if setup::has_command("docker-compose") {
+    if host::has_command("docker-compose") {
         return Ok(ComposeKind::V1);
     }
     bail!(
@@ -217,13 +233,6 @@ pub fn detect_kind(sh: &Shell) -> Result<ComposeKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn last_lines_keeps_the_end() {
-        assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc");
-        assert_eq!(last_lines("a", 5), "a");
-        assert_eq!(last_lines("", 5), "");
-    }
 
     #[test]
     fn compose_command_names_project_and_files() {

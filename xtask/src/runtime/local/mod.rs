@@ -17,7 +17,7 @@
 use std::{
     cell::RefCell,
     collections::HashMap,
-    fs::{self, File, OpenOptions},
+    fs::{self, OpenOptions},
     io::Write,
     os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
@@ -29,8 +29,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use super::{HostLock, Part, RouteReading, Runtime};
-use crate::{config::DeployConfig, domain::Color, nginx::NginxParams, setup, util};
+mod dir;
+
+use super::{HostDir, Part, Runtime};
+use crate::{config::DeployConfig, domain::Color, host, nginx::NginxParams, util};
 
 /// How long a stopping process may take before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +40,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Local {
     sh: Shell,
     root: PathBuf,
+    /// The host state directory (see [`super`]); [`dir`] implements [`HostDir`] over it.
     state: PathBuf,
     config: DeployConfig,
     /// The colors this process started: their liveness comes from `try_wait` (which also reaps
@@ -49,7 +52,7 @@ pub struct Local {
 impl Local {
     /// Opens the local runtime for `config`; installs nginx when it is missing and we can.
     pub fn new(sh: &Shell, config: &DeployConfig) -> Result<Local> {
-        setup::ensure_commands(sh, &[setup::NGINX]).context("find nginx for the local runtime")?;
+        host::ensure_commands(sh, &[host::NGINX]).context("find nginx for the local runtime")?;
         let root = util::project_root();
         Ok(Local {
             sh: sh.clone(),
@@ -91,7 +94,7 @@ impl Local {
     }
 
     fn nginx(&self) -> Result<PathBuf> {
-        setup::find_command("nginx").context("nginx is not installed: run `cargo xtask setup`")
+        host::find_command("nginx").context("nginx is not installed: run `cargo xtask setup`")
     }
 
     /// Creates the state directory and nginx's folders, traversable by nginx's workers (which
@@ -209,23 +212,21 @@ impl Local {
         Ok(())
     }
 
+    /// Installs `nginx_conf` as nginx's config once `nginx -t` accepts it (written beside it
+    /// first, then renamed over it); when `nginx -t` refuses it, the installed config stays.
+    fn install_config(&self, nginx_conf: &str) -> Result<()> {
+        let candidate = self.path("nginx/nginx.conf.candidate");
+        fs::write(&candidate, nginx_conf).context("write nginx's candidate config")?;
+        if let Err(err) = self.nginx_test(&candidate) {
+            let _ = fs::remove_file(&candidate);
+            return Err(err);
+        }
+        fs::rename(&candidate, self.conf_path()).context("install nginx's config")
+    }
+
     /// nginx wants the prefix with a trailing slash.
     fn prefix_arg(&self) -> String {
         format!("{}/", self.prefix().display())
-    }
-
-    /// `true` when nginx's workers may not be able to `stat()` inside `dir` (search permission
-    /// for "others" when we are root, since the workers then run as `nobody`).
-    fn worker_cannot_enter(&self, dir: &Path) -> Option<String> {
-        let mode = fs::metadata(dir).ok()?.permissions().mode();
-        let bit = if running_as_root() { 0o001 } else { 0o100 };
-        (mode & bit == 0).then(|| {
-            format!(
-                "{} has mode {:o}, so nginx's workers cannot enter it",
-                dir.display(),
-                mode & 0o777
-            )
-        })
     }
 }
 
@@ -240,6 +241,10 @@ impl Runtime for Local {
             Part::Color(color) => self.config.color(color).port,
         };
         format!("http://127.0.0.1:{port}")
+    }
+
+    fn host(&self) -> &dyn HostDir {
+        self
     }
 
     fn nginx_params(&self) -> NginxParams {
@@ -265,13 +270,7 @@ impl Runtime for Local {
             }
             return self.apply_config(nginx_conf);
         }
-        let candidate = self.path("nginx/nginx.conf.candidate");
-        fs::write(&candidate, nginx_conf).context("write nginx's config")?;
-        if let Err(err) = self.nginx_test(&candidate) {
-            let _ = fs::remove_file(&candidate);
-            return Err(err);
-        }
-        fs::rename(&candidate, self.conf_path()).context("install nginx's config")?;
+        self.install_config(nginx_conf)?;
         let (sh, nginx) = (&self.sh, self.nginx()?);
         let (prefix, conf, err) = (self.prefix_arg(), self.conf_path(), self.error_log());
         // nginx daemonises: the command returns once the master runs, and the master outlives us.
@@ -313,7 +312,7 @@ impl Runtime for Local {
         writeln!(
             log,
             "--- {} starting {color} with {version}",
-            crate::domain::now_rfc3339()
+            util::now_rfc3339()
         )?;
         let port = self.config.color(color).port.to_string();
         // A detached child (own process group, no inherited terminal or pipes): it keeps serving
@@ -352,8 +351,7 @@ impl Runtime for Local {
 
     fn logs(&self, part: Part, lines: usize) -> Result<String> {
         let text = fs::read_to_string(self.log_file(part)).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        Ok(all[all.len().saturating_sub(lines)..].join("\n"))
+        Ok(util::last_lines(&text, lines))
     }
 
     fn down(&self) -> Result<()> {
@@ -388,13 +386,7 @@ impl Runtime for Local {
 
     fn apply_config(&self, nginx_conf: &str) -> Result<()> {
         self.ensure_dirs()?;
-        let candidate = self.path("nginx/nginx.conf.candidate");
-        fs::write(&candidate, nginx_conf).context("write nginx's candidate config")?;
-        if let Err(err) = self.nginx_test(&candidate) {
-            let _ = fs::remove_file(&candidate);
-            return Err(err);
-        }
-        fs::rename(&candidate, self.conf_path()).context("install nginx's config")?;
+        self.install_config(nginx_conf)?;
         if self.live_pid(Part::Balancer).is_some() {
             let (sh, nginx) = (&self.sh, self.nginx()?);
             let (prefix, conf, err) = (self.prefix_arg(), self.conf_path(), self.error_log());
@@ -408,214 +400,7 @@ impl Runtime for Local {
     }
 
     fn current_config(&self) -> Result<Option<String>> {
-        self.read_file("nginx/nginx.conf")
-    }
-
-    fn read_file(&self, rel: &str) -> Result<Option<String>> {
-        match fs::read_to_string(self.path(rel)) {
-            Ok(text) => Ok(Some(text)),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(err).with_context(|| format!("read {}", self.path(rel).display())),
-        }
-    }
-
-    fn write_file_atomic(&self, rel: &str, contents: &str) -> Result<()> {
-        let path = self.path(rel);
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_file_name(format!(
-            ".{}.{}.tmp",
-            path.file_name().unwrap_or_default().to_string_lossy(),
-            std::process::id()
-        ));
-        fs::write(&tmp, contents).with_context(|| format!("write {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("replace {}", path.display()))
-    }
-
-    fn append_line(&self, rel: &str, line: &str) -> Result<()> {
-        let path = self.path(rel);
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-        // One write call per line, so concurrent appenders never interleave within a line.
-        file.write_all(format!("{line}\n").as_bytes())
-            .with_context(|| format!("append to {}", path.display()))
-    }
-
-    fn install_generation(&self, generation: u64, green_buckets: &[u16]) -> Result<()> {
-        self.ensure_dirs()?;
-        let dir = self.path(&format!("routes/gen-{generation}"));
-        let tmp = self.path(&format!("routes/.gen-{generation}.tmp"));
-        for stale in [&dir, &tmp] {
-            if stale.exists() {
-                fs::remove_dir_all(stale).with_context(|| format!("remove {}", stale.display()))?;
-            }
-        }
-        fs::create_dir(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
-        for bucket in green_buckets {
-            File::create(tmp.join(bucket.to_string())).context("create a bucket file")?;
-        }
-        fs::rename(&tmp, &dir).with_context(|| format!("install {}", dir.display()))
-    }
-
-    fn activate_generation(&self, generation: u64) -> Result<()> {
-        let name = format!("gen-{generation}");
-        if !self.path(&format!("routes/{name}")).is_dir() {
-            bail!("route generation {generation} is not installed");
-        }
-        let tmp = self.path(&format!("routes/.current.{}.tmp", std::process::id()));
-        let _ = fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&name, &tmp).context("create the new route symlink")?;
-        fs::rename(&tmp, self.path("routes/current")).context("swap the route symlink")
-    }
-
-    fn active_generation(&self) -> Result<RouteReading> {
-        let current = self.path("routes/current");
-        let meta = match fs::symlink_metadata(&current) {
-            Ok(meta) => meta,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(RouteReading::Missing)
-            }
-            Err(err) => {
-                return Ok(RouteReading::Unreadable(format!(
-                    "{}: {err}",
-                    current.display()
-                )))
-            }
-        };
-        if !meta.file_type().is_symlink() {
-            return Ok(RouteReading::Unreadable(format!(
-                "{} is not a symlink",
-                current.display()
-            )));
-        }
-        let target = fs::read_link(&current).context("read the route symlink")?;
-        let Some(generation) = target
-            .to_str()
-            .and_then(|t| t.strip_prefix("gen-"))
-            .and_then(|n| n.parse().ok())
-        else {
-            return Ok(RouteReading::Unreadable(format!(
-                "{} points at {}, not a generation",
-                current.display(),
-                target.display()
-            )));
-        };
-        // Every folder on the way must let nginx's workers through. As root (workers run as
-        // `nobody`) that includes the ancestors: a checkout under `/root` (mode 700) is a
-        // classic way to route everything to blue without a single error in nginx's log.
-        let generation_dir = self.path(&format!("routes/gen-{generation}"));
-        let root = running_as_root();
-        for dir in generation_dir
-            .ancestors()
-            .filter(|d| root || d.starts_with(&self.state))
-        {
-            if let Some(why) = self.worker_cannot_enter(dir) {
-                return Ok(RouteReading::Unreadable(why));
-            }
-        }
-        let entries = match fs::read_dir(&current) {
-            Ok(entries) => entries,
-            Err(err) => {
-                return Ok(RouteReading::Unreadable(format!(
-                    "{} -> {}: {err}",
-                    current.display(),
-                    target.display()
-                )))
-            }
-        };
-        let mut green_buckets: Vec<u16> = entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
-        green_buckets.sort_unstable();
-        Ok(RouteReading::Active {
-            generation,
-            green_buckets,
-        })
-    }
-
-    fn max_generation(&self) -> Result<u64> {
-        let Ok(entries) = fs::read_dir(self.path("routes")) else {
-            return Ok(0);
-        };
-        Ok(entries
-            .filter_map(|e| {
-                e.ok()?
-                    .file_name()
-                    .to_str()?
-                    .strip_prefix("gen-")?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .max()
-            .unwrap_or(0))
-    }
-
-    fn prune_generations(&self, keep: &[u64]) -> Result<()> {
-        let active = match self.active_generation()? {
-            RouteReading::Active { generation, .. } => Some(generation),
-            _ => None,
-        };
-        let Ok(entries) = fs::read_dir(self.path("routes")) else {
-            return Ok(());
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(n) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("gen-"))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if !keep.contains(&n) && Some(n) != active {
-                fs::remove_dir_all(entry.path())
-                    .with_context(|| format!("remove {}", entry.path().display()))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn lock(&self, timeout: Duration, holder: &str) -> Result<HostLock> {
-        fs::create_dir_all(&self.state).context("create the state directory")?;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.path("lock"))
-            .context("open the lock file")?;
-        let start = Instant::now();
-        loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(fs::TryLockError::WouldBlock) if start.elapsed() < timeout => {
-                    thread::sleep(Duration::from_millis(20));
-                }
-                Err(fs::TryLockError::WouldBlock) => {
-                    let who = self
-                        .read_file("lock.holder")?
-                        .unwrap_or_else(|| "an unknown process".into());
-                    bail!(
-                        "another operation holds the deploy lock ({}) and did not finish within {} s: wait for it and run this again (`timeouts.lock_secs` sets the wait)",
-                        who.trim(),
-                        timeout.as_secs()
-                    );
-                }
-                Err(fs::TryLockError::Error(err)) => {
-                    return Err(err).context("take the deploy lock")
-                }
-            }
-        }
-        let who = format!(
-            "{holder}, pid {}, since {}",
-            std::process::id(),
-            crate::domain::now_rfc3339()
-        );
-        self.write_file_atomic("lock.holder", &who)?;
-        Ok(Box::new(file))
+        self.read("nginx/nginx.conf")
     }
 }
 
@@ -632,16 +417,6 @@ fn process_alive(pid: u32, expected: &str) -> bool {
     }
     fs::read(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(expected))
-}
-
-fn running_as_root() -> bool {
-    fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-            .unwrap_or(false)
-    })
 }
 
 /// The newest modification time of the service's sources (`src/`, `Cargo.toml`).

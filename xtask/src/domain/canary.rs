@@ -1,120 +1,13 @@
-//! `cargo xtask canary`: send part of the traffic to the standby color, in one step or stepped.
-//!
-//! `--percent N` is one gated operation, like a switch. `--steps 10,25,50,100` is a rollout:
-//! 1. take the lock once, for the whole rollout;
-//! 2. for each step: move the split (gated, verified, recorded like any operation);
-//! 3. after each step but the last, hold for `--hold` seconds, then analyse the canary color's
-//!    own `/metrics` over the hold: prediction requests, 5xx answers, p99 latency;
-//! 4. on a breach (too many errors, too slow, too few requests, or the canary stopped
-//!    answering), send all traffic back to the stable color and fail, saying which limit broke.
-//!
-//! The analysis is pure ([`Sample::parse`], [`analyse`], [`Limits::check`]) and unit-tested.
+//! Judging a canary step, purely: counters from two `/metrics` scrapes of the canary color
+//! ([`Sample::parse`]), what happened between them ([`analyse`]), and whether that stays within
+//! the step's limits ([`Limits::check`]); and the rule that a stepped rollout only rises.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, time::Duration};
 
-use anyhow::{bail, Context, Result};
-use xshell::Shell;
-
-use crate::{
-    domain::{Color, Request},
-    flags,
-    runtime::Part,
-    switch::{execute, read_live, Ctx},
-};
-
-impl flags::Canary {
-    pub(crate) fn run(self, sh: &Shell, global: &flags::Global) -> Result<()> {
-        let ctx = Ctx::open(sh, global)?;
-        if let Some(percent) = self.percent {
-            let _lock = ctx.lock(&format!("canary --percent {percent}"))?;
-            return execute(&ctx, Request::Canary { percent }).map(drop);
-        }
-        let steps = self.steps.clone().unwrap_or_default();
-        check_steps(&steps)?;
-        let limits = Limits {
-            max_error_rate: self.max_error_rate,
-            max_p99: Duration::from_secs_f64(self.max_p99_ms / 1000.0),
-            min_requests: self.min_requests,
-        };
-        let steps_text = steps
-            .iter()
-            .map(u8::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let _lock = ctx.lock(&format!("canary --steps {steps_text}"))?;
-        rollout(&ctx, &steps, Duration::from_secs(self.hold), &limits)
-    }
-}
-
-fn rollout(ctx: &Ctx, steps: &[u8], hold: Duration, limits: &Limits) -> Result<()> {
-    let start = Instant::now();
-    let live = read_live(ctx)?;
-    let state = live.state(&ctx.config);
-    let stable = live.split.active().unwrap_or(state.stable);
-    let canary = stable.other();
-    let version = |color: Color| state.version(color).unwrap_or("unknown").to_owned();
-    crate::say!(
-        "canary rollout of {canary} ({}) over {stable} ({}): {} %, holding {} s per step; limits: 5xx ≤ {:.2} %, p99 ≤ {} ms{}",
-        version(canary),
-        version(stable),
-        steps.iter().map(u8::to_string).collect::<Vec<_>>().join(" → "),
-        hold.as_secs(),
-        limits.max_error_rate * 100.0,
-        limits.max_p99.as_millis(),
-        if limits.min_requests > 0 {
-            format!(", ≥ {} requests", limits.min_requests)
-        } else {
-            String::new()
-        }
-    );
-    let url = ctx.rt.url(Part::Color(canary));
-    for (i, &percent) in steps.iter().enumerate() {
-        crate::say!("step {}/{}: {percent} % to {canary}", i + 1, steps.len());
-        execute(ctx, Request::Canary { percent })
-            .with_context(|| format!("canary rollout stopped at step {} ({percent} %)", i + 1))?;
-        if i + 1 == steps.len() {
-            break;
-        }
-        let verdict = scrape(ctx, &url).and_then(|before| {
-            std::thread::sleep(hold);
-            Ok(analyse(&before, &scrape(ctx, &url)?))
-        });
-        let breach = match &verdict {
-            Ok(verdict) => {
-                crate::say!("  held {} s: {verdict}", hold.as_secs());
-                limits.check(verdict).err()
-            }
-            Err(err) => Some(format!("{canary} stopped answering its metrics: {err:#}")),
-        };
-        if let Some(breach) = breach {
-            crate::say!("  breach: {breach}; returning all traffic to {stable}");
-            let back = execute(ctx, Request::Canary { percent: 0 });
-            return match back {
-                Ok(_) => Err(anyhow::anyhow!(
-                    "canary rollout aborted at {percent} %: {breach}; all traffic is back on {stable} ({})",
-                    version(stable)
-                )),
-                Err(err) => Err(err.context(format!(
-                    "canary rollout aborted at {percent} % ({breach}), and returning traffic to {stable} failed: run `cargo xtask status`, then `cargo xtask canary --percent 0`"
-                ))),
-            };
-        }
-    }
-    let last = steps.last().copied().unwrap_or(0);
-    crate::say!(
-        "canary rollout done: {canary} ({}) takes {last} % after {} step(s) in {:.1} s",
-        version(canary),
-        steps.len(),
-        start.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
+use anyhow::{bail, Result};
 
 /// Steps must rise strictly: a rollout only moves forward (rollback and `--percent 0` go back).
-fn check_steps(steps: &[u8]) -> Result<()> {
+pub fn check_steps(steps: &[u8]) -> Result<()> {
     if steps.is_empty() {
         bail!("--steps needs at least one percentage, e.g. `--steps 10,25,50,100`");
     }
@@ -128,31 +21,17 @@ fn check_steps(steps: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn scrape(ctx: &Ctx, url: &str) -> Result<Sample> {
-    let response = ctx
-        .client
-        .get(format!("{url}/metrics"))
-        .send()
-        .with_context(|| format!("GET {url}/metrics"))?;
-    let status = response.status();
-    let text = response.text().context("read the metrics")?;
-    if !status.is_success() {
-        bail!("GET {url}/metrics answered {status}");
-    }
-    Ok(Sample::parse(&text))
-}
-
 /// Counters of the prediction routes (`/predict`, `…/infer`) read from one `/metrics` scrape.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct Sample {
-    requests: u64,
-    errors: u64,
+pub struct Sample {
+    pub requests: u64,
+    pub errors: u64,
     /// Cumulative latency histogram: upper bound in seconds (as written) → count.
-    buckets: BTreeMap<String, u64>,
+    pub buckets: BTreeMap<String, u64>,
 }
 
 impl Sample {
-    fn parse(text: &str) -> Sample {
+    pub fn parse(text: &str) -> Sample {
         let mut sample = Sample::default();
         for line in text.lines().filter(|line| !line.starts_with('#')) {
             let Some((series, value)) = line.rsplit_once(' ') else {
@@ -192,11 +71,11 @@ fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
 
 /// What the canary did between two scrapes.
 #[derive(Debug, Clone, PartialEq)]
-struct Verdict {
-    requests: u64,
-    errors: u64,
+pub struct Verdict {
+    pub requests: u64,
+    pub errors: u64,
     /// The upper bound of the histogram bucket holding the 99th percentile (`None`: no requests).
-    p99: Option<f64>,
+    pub p99: Option<f64>,
 }
 
 impl std::fmt::Display for Verdict {
@@ -218,7 +97,7 @@ impl std::fmt::Display for Verdict {
 }
 
 impl Verdict {
-    fn error_rate(&self) -> f64 {
+    pub fn error_rate(&self) -> f64 {
         if self.requests == 0 {
             0.0
         } else {
@@ -227,7 +106,8 @@ impl Verdict {
     }
 }
 
-fn analyse(before: &Sample, after: &Sample) -> Verdict {
+/// What the canary did between the scrapes `before` and `after`.
+pub fn analyse(before: &Sample, after: &Sample) -> Verdict {
     let requests = after.requests.saturating_sub(before.requests);
     let errors = after.errors.saturating_sub(before.errors);
     let mut buckets: Vec<(f64, u64)> = after
@@ -263,15 +143,15 @@ fn analyse(before: &Sample, after: &Sample) -> Verdict {
 
 /// The limits a step must stay within.
 #[derive(Debug, Clone)]
-struct Limits {
-    max_error_rate: f64,
-    max_p99: Duration,
-    min_requests: u64,
+pub struct Limits {
+    pub max_error_rate: f64,
+    pub max_p99: Duration,
+    pub min_requests: u64,
 }
 
 impl Limits {
     /// `Err` says which limit broke and by how much.
-    fn check(&self, verdict: &Verdict) -> std::result::Result<(), String> {
+    pub fn check(&self, verdict: &Verdict) -> std::result::Result<(), String> {
         if verdict.requests < self.min_requests {
             return Err(format!(
                 "only {} prediction requests reached the canary (at least {} needed to judge it)",

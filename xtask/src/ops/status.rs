@@ -1,25 +1,20 @@
-//! `cargo xtask status` and `cargo xtask history`.
+//! The status report (`status`) and the operation log as lines (`history`).
 //!
-//! `status` steps:
+//! Steps of [`gather`]:
 //! 1. read the live state (the route directory decides the split) and the recorded one;
 //! 2. ask each color and the balancer whether they run and what `/health` says;
 //! 3. list every disagreement (recorded vs. routed split, recorded vs. served version, a color
 //!    with traffic that is down, a missing or unreadable route directory);
-//! 4. print it as text, JSON (`--json`) or a Markdown table (`--format markdown`, for CI job
-//!    summaries). The rendering is pure ([`render_text`], [`render_markdown`]).
-//!
-//! `history` prints the operation log, newest last.
+//! 4. the report renders as text or a Markdown table (for CI job summaries) with pure functions
+//!    ([`render_text`], [`render_markdown`]); it serialises as JSON.
 
 use anyhow::Result;
 use serde::Serialize;
-use xshell::Shell;
 
+use super::{gates, read_live, Deployment};
 use crate::{
-    domain::{Color, Operation, Split},
-    flags::{self, Format},
-    gate, nginx,
-    runtime::{Part, RouteReading},
-    switch::{self, Ctx},
+    domain::{Color, Operation, RouteReading, Split},
+    runtime::Part,
 };
 
 /// How many operations `status` shows.
@@ -75,42 +70,9 @@ impl ColorReport {
     }
 }
 
-impl flags::Status {
-    pub(crate) fn run(self, sh: &Shell, global: &flags::Global) -> Result<()> {
-        let ctx = Ctx::open(sh, global)?;
-        let report = gather(&ctx)?;
-        let format = if self.json { Format::Json } else { self.format };
-        match format {
-            Format::Text => print!("{}", render_text(&report)),
-            Format::Json => crate::say!("{}", serde_json::to_string_pretty(&report)?),
-            Format::Markdown => print!("{}", render_markdown(&report)),
-        }
-        Ok(())
-    }
-}
-
-impl flags::History {
-    pub(crate) fn run(self, sh: &Shell, global: &flags::Global) -> Result<()> {
-        let ctx = Ctx::open(sh, global)?;
-        let ops = ctx.operations()?;
-        let recent = &ops[ops.len().saturating_sub(self.limit)..];
-        if recent.is_empty() {
-            crate::say!("history: no operations recorded");
-        }
-        for op in recent {
-            if self.json {
-                crate::say!("{}", serde_json::to_string(op)?);
-            } else {
-                crate::say!("{}", history_line(op));
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Reads the live deployment into a [`Report`].
-pub(crate) fn gather(ctx: &Ctx) -> Result<Report> {
-    let live = switch::read_live(ctx)?;
+pub fn gather(ctx: &Deployment) -> Result<Report> {
+    let live = read_live(ctx)?;
     let mut problems: Vec<String> = live.problem.iter().cloned().collect();
     if let Some(recorded) = &live.recorded {
         let routed = matches!(live.reading, RouteReading::Active { .. });
@@ -131,7 +93,7 @@ pub(crate) fn gather(ctx: &Ctx) -> Result<Report> {
     for color in Color::ALL {
         let url = ctx.rt.url(Part::Color(color));
         let running = ctx.rt.is_running(Part::Color(color)).unwrap_or(false);
-        let version = gate::healthy_version(&ctx.client, &url).ok();
+        let version = gates::healthy_version(&ctx.client, &url).ok();
         let recorded_version = live
             .recorded
             .as_ref()
@@ -161,11 +123,7 @@ pub(crate) fn gather(ctx: &Ctx) -> Result<Report> {
     let balancer_url = ctx.rt.url(Part::Balancer);
     let balancer = PartReport {
         running: ctx.rt.is_running(Part::Balancer).unwrap_or(false),
-        healthy: ctx
-            .client
-            .get(format!("{balancer_url}{}", nginx::HEALTH_PATH))
-            .send()
-            .is_ok_and(|r| r.status().is_success()),
+        healthy: gates::balancer_answers(&ctx.client, &balancer_url).is_ok(),
         url: balancer_url,
     };
     if !balancer.healthy {
@@ -348,19 +306,11 @@ mod tests {
 
     #[test]
     fn renderings_match_golden_files() {
-        let root = crate::util::project_root().join("xtask/test_data");
         for (name, text) in [
-            ("status.txt", render_text(&example())),
-            ("status.md", render_markdown(&example())),
+            ("xtask/test_data/status.txt", render_text(&example())),
+            ("xtask/test_data/status.md", render_markdown(&example())),
         ] {
-            if std::env::var_os("UPDATE_GOLDEN").is_some() {
-                std::fs::write(root.join(name), &text).unwrap();
-            }
-            assert_eq!(
-                std::fs::read_to_string(root.join(name)).unwrap_or_default(),
-                text,
-                "{name}"
-            );
+            crate::util::ensure_file_contents(name, &text);
         }
     }
 

@@ -1,0 +1,95 @@
+//! The operation engine: everything that changes or reads a live deployment, over a
+//! [`Runtime`] it does not look inside.
+//!
+//! Every operation follows the same path ([`engine::execute`]): take the host lock → read the
+//! **live** state ([`live`]) → plan (pure, in `domain`) → gates ([`gates`]) → install and swap
+//! the next route generation ([`crate::runtime::routes`]) → verify through the balancer →
+//! record; a failed verification swaps the previous generation back. One [`record::Recorder`]
+//! writes the operation log on every exit path. `deploy`, stepped canaries, `smoke` and
+//! `status` build on the same pieces.
+
+mod canary;
+mod deploy;
+mod engine;
+pub mod gates;
+mod health;
+mod live;
+mod record;
+pub mod smoke;
+pub mod status;
+#[cfg(test)]
+mod tests;
+pub mod up;
+
+use anyhow::{Context, Result};
+use reqwest::blocking::Client;
+use xshell::Shell;
+
+pub use canary::rollout;
+pub use deploy::deploy;
+pub use engine::{execute, route};
+pub use health::{wait_balancer, wait_healthy};
+pub use live::{read_live, record_state, Live};
+pub use record::Recorder;
+
+use crate::{
+    config::{self, DeployConfig},
+    domain::Operation,
+    flags,
+    runtime::{self, HostLock, Runtime},
+};
+
+/// The operation log, relative to the host state directory.
+pub const OPERATIONS_FILE: &str = "operations.jsonl";
+/// The recorded deploy state, relative to the host state directory.
+pub const STATE_FILE: &str = "state.json";
+
+/// A deployment to operate on: its configuration, its runtime, and how to reach its parts.
+pub struct Deployment {
+    pub config: DeployConfig,
+    pub rt: Box<dyn Runtime>,
+    /// For what only a real HTTP client does (health polling, metrics, smoke samples).
+    pub client: Client,
+    /// Gates and verification, through [`gates::Checks`] so tests can fake them.
+    pub checks: Box<dyn gates::Checks>,
+}
+
+impl Deployment {
+    /// Opens the deployment the flags name: the configuration file and the runtime.
+    pub fn open(sh: &Shell, global: &flags::Global) -> Result<Deployment> {
+        let config = config::load(&global.config_path())?;
+        let rt = runtime::open(sh, global, &config)?;
+        let client = gates::client()?;
+        Ok(Deployment {
+            config,
+            rt,
+            checks: Box::new(gates::Http(client.clone())),
+            client,
+        })
+    }
+
+    /// Takes the host lock for the operation `holder` describes.
+    pub fn lock(&self, holder: &str) -> Result<HostLock> {
+        self.rt
+            .host()
+            .lock(self.config.timeouts.lock, &format!("cargo xtask {holder}"))
+    }
+
+    /// Appends one line to the operation log.
+    pub fn log_operation(&self, op: &Operation) -> Result<()> {
+        let line = serde_json::to_string(op).context("encode the operation record")?;
+        self.rt
+            .host()
+            .append(OPERATIONS_FILE, &line)
+            .context("append to the operation log")
+    }
+
+    /// Reads the operation log (oldest first); unreadable lines are skipped.
+    pub fn operations(&self) -> Result<Vec<Operation>> {
+        let text = self.rt.host().read(OPERATIONS_FILE)?.unwrap_or_default();
+        Ok(text
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect())
+    }
+}

@@ -1,0 +1,219 @@
+//! Docker plumbing for the compose runtime: finding the parts' containers, `docker exec` and
+//! `docker cp` into the balancer container (which holds the state volume), and compose calls.
+
+use anyhow::{bail, Context, Result};
+use xshell::cmd;
+
+use super::{
+    tar::{parse_tar, tar_archive, TarEntry, TarKind},
+    Compose,
+};
+use crate::runtime::{Part, Runtime};
+
+impl Compose {
+    /// The id of `part`'s container (running or not), if it exists.
+    pub fn container_id(&self, part: Part) -> Result<Option<String>> {
+        if part == Part::Balancer {
+            if let Some(id) = self.nginx_id.borrow().clone() {
+                return Ok(Some(id));
+            }
+        }
+        let project = format!("label=com.docker.compose.project={}", self.cli.project);
+        let service = format!("label=com.docker.compose.service={}", Self::service(part));
+        let ids = cmd!(
+            self.sh,
+            "docker ps --all --quiet --no-trunc --filter {project} --filter {service}"
+        )
+        .quiet()
+        .read()
+        .with_context(|| format!("find the {part} container"))?;
+        let id = ids
+            .lines()
+            .next()
+            .map(|id| id.trim().to_owned())
+            .filter(|id| !id.is_empty());
+        if part == Part::Balancer {
+            *self.nginx_id.borrow_mut() = id.clone();
+        }
+        Ok(id)
+    }
+
+    /// The nginx container, which must be running: it holds the state volume.
+    pub(super) fn nginx(&self) -> Result<String> {
+        match self.container_id(Part::Balancer)? {
+            Some(id) => Ok(id),
+            None => bail!(
+                "the balancer container of project `{}` does not exist: run `cargo xtask up`",
+                self.cli.project
+            ),
+        }
+    }
+
+    /// The nginx container, started if needed: every change to the state volume goes through it,
+    /// and `up` may record routes before it starts the balancer with its final config. A missing
+    /// balancer is started with this runtime's rendered config.
+    pub(super) fn state_container(&self) -> Result<String> {
+        if let Some(id) = self.container_id(Part::Balancer)? {
+            if self.nginx_running.get() || self.container_running(&id)? {
+                self.nginx_running.set(true);
+                return Ok(id);
+            }
+        }
+        self.start_balancer(&crate::nginx::render(&self.nginx_params()))
+            .context("start the balancer, which holds the deploy state")?;
+        self.nginx_running.set(true);
+        self.nginx()
+    }
+
+    /// Whether the nginx container (and so the state volume) exists; reads of a deployment
+    /// that was never brought up find nothing instead of failing.
+    pub(super) fn has_state(&self) -> Result<bool> {
+        Ok(self.container_id(Part::Balancer)?.is_some())
+    }
+
+    /// How the state volume can be read now.
+    pub(super) fn access(&self) -> Result<Access> {
+        let Some(id) = self.container_id(Part::Balancer)? else {
+            return Ok(Access::Absent);
+        };
+        if self.nginx_running.get() || self.container_running(&id)? {
+            self.nginx_running.set(true);
+            Ok(Access::Running)
+        } else {
+            Ok(Access::Stopped)
+        }
+    }
+
+    /// `docker cp <nginx>:<path> -`, which works on a stopped container too: the tar stream's
+    /// entries, none when the path does not exist.
+    pub(super) fn copy_out(&self, path: &str) -> Result<Vec<TarEntry>> {
+        let id = self.nginx()?;
+        let source = format!("{id}:{path}");
+        let output = cmd!(self.sh, "docker cp {source} -")
+            .quiet()
+            .ignore_status()
+            .output()
+            .with_context(|| format!("docker cp {path} out of the balancer container"))?;
+        if !output.status.success() {
+            let err = String::from_utf8_lossy(&output.stderr);
+            if err.contains("Could not find") || err.contains("No such") {
+                return Ok(Vec::new());
+            }
+            bail!(
+                "docker cp {path} out of the balancer container: {}",
+                err.trim()
+            );
+        }
+        parse_tar(&output.stdout).with_context(|| format!("read the copy of {path}"))
+    }
+
+    /// `docker exec <nginx> <args>`; returns the result whatever the exit status.
+    pub(super) fn exec(&self, args: &[&str], stdin: Option<&str>) -> Result<Exec> {
+        let id = self.nginx()?;
+        let interactive: &[&str] = if stdin.is_some() {
+            &["--interactive"]
+        } else {
+            &[]
+        };
+        let mut cmd = cmd!(self.sh, "docker exec {interactive...} {id} {args...}")
+            .quiet()
+            .ignore_status();
+        if let Some(input) = stdin {
+            cmd = cmd.stdin(input);
+        }
+        let output = cmd
+            .output()
+            .with_context(|| format!("run `docker exec {}`", args.join(" ")))?;
+        let exec = Exec {
+            ok: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        };
+        if !exec.ok && exec.stderr.contains("is not running") {
+            bail!(
+                "the balancer container is stopped: run `cargo xtask up` ({})",
+                exec.stderr
+            );
+        }
+        Ok(exec)
+    }
+
+    /// Like [`Compose::exec`], failing with the command's error output when it fails.
+    pub(super) fn exec_ok(&self, what: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let exec = self.exec(args, stdin)?;
+        if !exec.ok {
+            bail!("{what}: {}", exec.stderr);
+        }
+        Ok(exec.stdout)
+    }
+
+    pub(super) fn container_running(&self, id: &str) -> Result<bool> {
+        let format = "{{.State.Running}}";
+        let out = cmd!(self.sh, "docker inspect --format {format} {id}")
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .unwrap_or_default();
+        Ok(out.trim() == "true")
+    }
+
+    /// The container's state for messages: `running (healthy)`, `restarting`, `exited (1)`…
+    pub fn describe(&self, part: Part) -> Result<String> {
+        let Some(id) = self.container_id(part)? else {
+            return Ok("absent".to_owned());
+        };
+        let format = "{{.State.Status}} {{.State.ExitCode}} {{if .State.Health}}{{.State.Health.Status}}{{end}}";
+        let out = cmd!(self.sh, "docker inspect --format {format} {id}")
+            .quiet()
+            .read()?;
+        let mut words = out.split_whitespace();
+        let status = words.next().unwrap_or("unknown");
+        let code = words.next().unwrap_or("0");
+        Ok(match (status, words.next()) {
+            ("exited", _) => format!("exited ({code})"),
+            (status, Some(health)) => format!("{status} ({health})"),
+            (status, None) => status.to_owned(),
+        })
+    }
+
+    /// Extracts `entries` (paths relative to `dest`) into `dest` (absolute) in the nginx
+    /// container: a tar stream made here, owned by root whoever runs this (a copied folder
+    /// would keep the operator's uid, which root in the container, without
+    /// `CAP_DAC_OVERRIDE`, could then not change).
+    pub(super) fn copy_in(&self, entries: &[(String, TarKind, &str)], dest: &str) -> Result<()> {
+        let id = self.nginx()?;
+        let archive = tar_archive(entries);
+        let target = format!("{id}:{dest}");
+        cmd!(self.sh, "docker cp - {target}")
+            .quiet()
+            .stdin(archive)
+            .run()
+            .with_context(|| format!("docker cp into {dest}"))
+    }
+
+    pub(super) fn compose(&self, what: &str, args: &[&str]) -> Result<()> {
+        self.cli
+            .cmd(&self.sh, args)
+            .quiet()
+            .ignore_stdout()
+            .output()
+            .map(drop)
+            .with_context(|| format!("{what} ({} {})", self.cli.display_name(), args.join(" ")))
+    }
+}
+
+/// How the state volume can be read.
+pub(super) enum Access {
+    /// No balancer container: nothing was deployed.
+    Absent,
+    /// `docker exec` works.
+    Running,
+    /// The container is stopped: only `docker cp` out works.
+    Stopped,
+}
+
+pub(super) struct Exec {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}

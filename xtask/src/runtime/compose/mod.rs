@@ -1,0 +1,329 @@
+//! The docker compose runtime: nginx, blue and green as containers of one compose project.
+//!
+//! Layout:
+//! - the project runs `docker-compose.yml` (nginx, the network, the `state` volume) together
+//!   with `docker-compose.blue.yml` and `docker-compose.green.yml`; each color is started,
+//!   replaced and stopped on its own (`up -d --no-deps <color>`), never touching nginx;
+//! - every part has a static address on the project network (derived from `compose.subnet`:
+//!   `.10` nginx, `.11` blue, `.12` green), so recreating a color keeps the address nginx
+//!   resolved when it loaded its config;
+//! - the host state directory is the named volume mounted at [`STATE_DIR`] in the nginx
+//!   container. It is read and changed only through the Docker API (`docker exec`, `docker cp`),
+//!   never through a bind mount, so a remote engine (`DOCKER_HOST=ssh://…`) works unchanged and
+//!   the live state is always read back from the host.
+//!
+//! Operations on the state directory:
+//! - atomic writes: `tee <file>.tmp-<pid>` then `mv -f` (rename(2)); appends: `tee -a`;
+//! - a route generation: a locally prepared `gen-<n>/` copied in with `docker cp`;
+//! - activation: `ln -sfn gen-<n> current.tmp` then `mv -Tf current.tmp current` (rename(2));
+//! - the lock: `mkdir lock.d` (atomic), holding an `owner` file, removed when the guard drops;
+//! - nginx's static config: written to a temporary path, `nginx -t -c` on it, then installed and
+//!   nginx reloaded (SIGHUP to the container). Never part of a switch.
+//!
+//! The colors' image is `<compose.image>:<MLDEPLOY_IMAGE_TAG or latest>`; missing images are
+//! built (`images.rs`) when a part starts.
+//!
+//! Reaching the parts: the published ports on 127.0.0.1 for a local engine; with
+//! `DOCKER_HOST=ssh://…`, an `ssh -N -L` tunnel to the host's balancer and direct ports (the
+//! direct ports listen on the host's loopback only); `MLDEPLOY_PUBLIC_HOST` overrides both.
+//!
+//! Files: this one starts and stops things ([`Runtime`]); `docker.rs` is the Docker plumbing
+//! (container ids, `exec`, `cp`); `volume.rs` is the state volume ([`HostDir`] and the lock);
+//! `tunnel.rs` reaches a remote host's ports; `names.rs` derives names and addresses;
+//! `tar.rs` is the codec `docker cp` speaks.
+
+mod docker;
+mod names;
+mod tar;
+mod tunnel;
+mod volume;
+
+use std::{cell::RefCell, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+pub use names::{
+    compose_env, compose_files, project_name, service_image_ref, state_path, Addresses,
+};
+
+use self::{
+    tar::TarKind,
+    tunnel::{published_host, remote_ports, Tunnel},
+};
+use super::{HostDir, Part, Runtime};
+use crate::{
+    config::DeployConfig,
+    docker::{self as engine, ComposeCli},
+    domain::Color,
+    http, images,
+    nginx::NginxParams,
+    util,
+};
+
+/// Where the state volume is mounted in the nginx container.
+pub const STATE_DIR: &str = "/var/lib/mldeploy";
+/// The port every container listens on inside the project network.
+pub const CONTAINER_PORT: u16 = 8080;
+/// The compose files, relative to the project root, in the order they are merged.
+pub const COMPOSE_FILES: [&str; 3] = [
+    "docker-compose.yml",
+    "docker-compose.blue.yml",
+    "docker-compose.green.yml",
+];
+/// How long a stopping container may drain before it is killed.
+const STOP_TIMEOUT_SECS: &str = "10";
+/// How long a freshly started nginx container gets to prove it stays up.
+const BALANCER_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Containers through `docker compose` / `docker-compose`.
+pub struct Compose {
+    sh: Shell,
+    cli: ComposeCli,
+    config: DeployConfig,
+    addresses: Addresses,
+    /// The nginx container's id, looked up once.
+    nginx_id: RefCell<Option<String>>,
+    /// Whether the nginx container was seen running during this command (checked once: a
+    /// container stopping mid-operation makes the next `docker exec` fail anyway).
+    nginx_running: std::cell::Cell<bool>,
+    /// With `DOCKER_HOST=ssh://…`: local forwards to the host's balancer and direct ports (the
+    /// direct ports are bound to the host's loopback, so the gates reach them only this way).
+    tunnel: Option<Tunnel>,
+}
+
+impl Compose {
+    /// Opens the compose runtime; fails when it cannot be used here (no compose command, no
+    /// engine), which makes `--runtime auto` choose the local runtime.
+    pub fn new(sh: &Shell, config: &DeployConfig) -> Result<Compose> {
+        engine::ensure_engine(sh)?;
+        let root = util::project_root();
+        let project = project_name(&config.compose.project)?;
+        let cli = ComposeCli::detect(sh, &project, compose_files())?;
+        let addresses = Addresses::in_subnet(&config.compose.subnet).context("`compose.subnet`")?;
+        let sh = sh.clone();
+        sh.change_dir(&root);
+        for (key, value) in compose_env(config, &addresses) {
+            sh.set_var(key, value);
+        }
+        Ok(Compose {
+            sh,
+            cli,
+            config: config.clone(),
+            addresses,
+            nginx_id: RefCell::new(None),
+            nginx_running: std::cell::Cell::new(false),
+            tunnel: Tunnel::open_for_docker_host(config)?,
+        })
+    }
+
+    /// The service image the colors run, `name:tag`.
+    pub fn service_image(&self) -> String {
+        service_image_ref(&self.config)
+    }
+
+    fn service(part: Part) -> &'static str {
+        match part {
+            Part::Balancer => "nginx",
+            Part::Color(color) => color.as_str(),
+        }
+    }
+}
+
+impl Runtime for Compose {
+    fn name(&self) -> &'static str {
+        "compose"
+    }
+
+    fn url(&self, part: Part) -> String {
+        let index = match part {
+            Part::Balancer => 0,
+            Part::Color(Color::Blue) => 1,
+            Part::Color(Color::Green) => 2,
+        };
+        if let Some(tunnel) = &self.tunnel {
+            return format!("http://127.0.0.1:{}", tunnel.local[index]);
+        }
+        format!(
+            "http://{}:{}",
+            published_host(),
+            remote_ports(&self.config)[index]
+        )
+    }
+
+    fn nginx_params(&self) -> NginxParams {
+        let mut params = NginxParams::container_default();
+        params.listen = CONTAINER_PORT.to_string();
+        params.blue = format!("{}:{CONTAINER_PORT}", self.addresses.blue);
+        params.green = format!("{}:{CONTAINER_PORT}", self.addresses.green);
+        params.route_dir = format!("{STATE_DIR}/routes");
+        params.buckets = self.config.balancer.buckets;
+        // /tmp exists in every nginx image; nginx creates its temp folders directly under it.
+        params.temp_dir = "/tmp".to_owned();
+        params
+    }
+
+    fn start_balancer(&self, nginx_conf: &str) -> Result<()> {
+        let offline = images::offline_from_env();
+        let image =
+            images::resolve_nginx_image(&self.sh, &self.config.compose.nginx_image, offline)?;
+        self.sh.set_var("MLDEPLOY_NGINX_IMAGE", &image);
+        *self.nginx_id.borrow_mut() = None;
+        self.nginx_running.set(false);
+        if let Some(id) = self.container_id(Part::Balancer)? {
+            if self.container_running(&id)? {
+                if self.current_config()?.as_deref() == Some(nginx_conf) {
+                    return Ok(());
+                }
+                return self.apply_config(nginx_conf);
+            }
+        } else {
+            self.compose(
+                "create the balancer container",
+                &["up", "--no-start", "--no-deps", "nginx"],
+            )?;
+            *self.nginx_id.borrow_mut() = None;
+        }
+        // The container exists but is stopped: seed the volume through `docker cp` (which works
+        // on stopped containers), then start it.
+        let id = self.nginx()?;
+        let seed = [
+            ("nginx".to_owned(), TarKind::Dir, ""),
+            ("nginx/nginx.conf".to_owned(), TarKind::File, nginx_conf),
+            ("routes".to_owned(), TarKind::Dir, ""),
+        ];
+        self.copy_in(&seed, STATE_DIR)
+            .context("install nginx's config into the state volume")?;
+        cmd!(self.sh, "docker start {id}")
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .context("start the balancer container")?;
+        // nginx exits at once on a bad config: wait until it answers its own health path.
+        let url = self.url(Part::Balancer);
+        let client = http::client()?;
+        util::poll(
+            "wait for the balancer to answer",
+            BALANCER_START_TIMEOUT,
+            || {
+                if !self.container_running(&id)? {
+                    bail!(
+                        "the balancer container is {}",
+                        self.describe(Part::Balancer)?
+                    );
+                }
+                http::balancer_answers(&client, &url)
+            },
+        )
+        .with_context(|| {
+            format!(
+                "nginx did not start; its log:\n{}",
+                self.logs(Part::Balancer, 20).unwrap_or_default()
+            )
+        })
+    }
+
+    fn start_color(&self, color: Color, version: &str) -> Result<()> {
+        let image = self.service_image();
+        images::ensure_service_image(&self.sh, &self.config.compose.image, &image)?;
+        let prefix = color.as_str().to_uppercase();
+        let service = color.as_str();
+        let _version = self
+            .sh
+            .push_env(format!("MLDEPLOY_{prefix}_VERSION"), version);
+        self.compose(
+            &format!("start {color} with {version}"),
+            &["up", "--detach", "--no-deps", service],
+        )
+    }
+
+    fn stop_color(&self, color: Color) -> Result<()> {
+        self.compose(
+            &format!("stop {color}"),
+            &["stop", "--timeout", STOP_TIMEOUT_SECS, color.as_str()],
+        )
+    }
+
+    fn is_running(&self, part: Part) -> Result<bool> {
+        match self.container_id(part)? {
+            Some(id) => self.container_running(&id),
+            None => Ok(false),
+        }
+    }
+
+    fn logs(&self, part: Part, lines: usize) -> Result<String> {
+        let Some(id) = self.container_id(part)? else {
+            return Ok(format!("(no {part} container)"));
+        };
+        let tail = lines.to_string();
+        let output = cmd!(self.sh, "docker logs --tail {tail} {id}")
+            .quiet()
+            .ignore_status()
+            .output()
+            .with_context(|| format!("read the {part} container's log"))?;
+        // The services log to stderr and stdout; show both, in that order of importance.
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        Ok(util::last_lines(&text, lines))
+    }
+
+    fn down(&self) -> Result<()> {
+        self.compose(
+            "remove the containers, network and volume",
+            &[
+                "down",
+                "--volumes",
+                "--remove-orphans",
+                "--timeout",
+                STOP_TIMEOUT_SECS,
+            ],
+        )?;
+        *self.nginx_id.borrow_mut() = None;
+        self.nginx_running.set(false);
+        Ok(())
+    }
+
+    fn apply_config(&self, nginx_conf: &str) -> Result<()> {
+        if !self.is_running(Part::Balancer)? {
+            return self.start_balancer(nginx_conf);
+        }
+        let candidate = format!("{STATE_DIR}/nginx/nginx.conf.new");
+        let installed = format!("{STATE_DIR}/nginx/nginx.conf");
+        self.exec_ok(
+            "write the new nginx config",
+            &["tee", &candidate],
+            Some(nginx_conf),
+        )?;
+        let test = self.exec(&["nginx", "-t", "-q", "-c", &candidate], None)?;
+        if !test.ok {
+            let _ = self.exec(&["rm", "-f", &candidate], None);
+            bail!(
+                "nginx rejects the new config (the running one stays): {}",
+                test.stderr
+            );
+        }
+        self.exec_ok(
+            "install the new nginx config",
+            &["mv", "-f", &candidate, &installed],
+            None,
+        )?;
+        let id = self.nginx()?;
+        cmd!(self.sh, "docker kill --signal HUP {id}")
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .context("reload nginx (SIGHUP)")?;
+        Ok(())
+    }
+
+    fn current_config(&self) -> Result<Option<String>> {
+        if self.container_id(Part::Balancer)?.is_none() {
+            return Ok(None);
+        }
+        self.read("nginx/nginx.conf")
+    }
+
+    fn host(&self) -> &dyn HostDir {
+        self
+    }
+}

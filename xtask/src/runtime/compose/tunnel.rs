@@ -1,0 +1,217 @@
+//! Reaching a remote deployment host's ports: with `DOCKER_HOST=ssh://…`, an `ssh -N -L` tunnel
+//! to the host's balancer and direct ports (the direct ports listen on the host's loopback
+//! only); with `tcp://…` the host's name; `MLDEPLOY_PUBLIC_HOST` overrides both.
+
+use std::{
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::DeployConfig;
+
+/// The ports the deployment publishes on its host: balancer, blue, green.
+pub fn remote_ports(config: &DeployConfig) -> [u16; 3] {
+    [config.balancer.port, config.blue.port, config.green.port]
+}
+
+/// An `ssh -N -L …` child forwarding local ports to the deploy host's published ports; killed
+/// when dropped.
+pub struct Tunnel {
+    child: std::process::Child,
+    /// Local ports for the balancer, blue and green.
+    pub local: [u16; 3],
+}
+
+/// How long an SSH tunnel may take to come up.
+const TUNNEL_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Tunnel {
+    /// Opens a tunnel when `DOCKER_HOST` is `ssh://…` and `MLDEPLOY_PUBLIC_HOST` is not set.
+    pub fn open_for_docker_host(config: &DeployConfig) -> Result<Option<Tunnel>> {
+        if std::env::var("MLDEPLOY_PUBLIC_HOST").is_ok_and(|h| !h.is_empty()) {
+            return Ok(None);
+        }
+        let Some((dest, port)) = std::env::var("DOCKER_HOST")
+            .ok()
+            .as_deref()
+            .and_then(ssh_target)
+        else {
+            return Ok(None);
+        };
+        let mut local = [0u16; 3];
+        for slot in &mut local {
+            *slot = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .context("find a free local port for the SSH tunnel")?
+                .port();
+        }
+        let forwards: Vec<(u16, u16)> = local.iter().copied().zip(remote_ports(config)).collect();
+        let args = ssh_tunnel_args(&dest, port, &forwards);
+        let mut child = Command::new("ssh")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("start `ssh` for a tunnel to the deploy host (is an SSH client installed?)")?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().context("wait for ssh")? {
+                let mut err = String::new();
+                if let Some(mut stderr) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+                }
+                bail!("the SSH tunnel to {dest} failed ({status}): {}", err.trim());
+            }
+            let ready = local.iter().all(|port| {
+                std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], *port)),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
+            });
+            if ready {
+                return Ok(Some(Tunnel { child, local }));
+            }
+            if started.elapsed() > TUNNEL_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "the SSH tunnel to {dest} did not open within {} s: check `ssh {dest}` works \
+                     without a prompt, or set MLDEPLOY_PUBLIC_HOST to reach the ports directly",
+                    TUNNEL_TIMEOUT.as_secs()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `user@host` and the port of an `ssh://` `DOCKER_HOST`.
+pub fn ssh_target(docker_host: &str) -> Option<(String, Option<u16>)> {
+    let rest = docker_host.strip_prefix("ssh://")?;
+    let rest = rest.split('/').next()?;
+    let (user, host_port) = match rest.rsplit_once('@') {
+        Some((user, host_port)) => (Some(user), host_port),
+        None => (None, rest),
+    };
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port.parse().ok()?)),
+        None => (host_port, None),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let dest = match user {
+        Some(user) => format!("{user}@{host}"),
+        None => host.to_owned(),
+    };
+    Some((dest, port))
+}
+
+/// The `ssh` arguments of a tunnel: no command, fail when a forward cannot be set up, never
+/// prompt.
+pub fn ssh_tunnel_args(dest: &str, port: Option<u16>, forwards: &[(u16, u16)]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ServerAliveInterval=15",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some(port) = port {
+        args.extend(["-p".to_owned(), port.to_string()]);
+    }
+    for (local, remote) in forwards {
+        args.extend([
+            "-L".to_owned(),
+            format!("127.0.0.1:{local}:127.0.0.1:{remote}"),
+        ]);
+    }
+    args.push(dest.to_owned());
+    args
+}
+
+/// The host the published ports are reached at: `MLDEPLOY_PUBLIC_HOST`, else the host of a
+/// `tcp://` or `ssh://` `DOCKER_HOST`, else 127.0.0.1.
+pub fn published_host() -> String {
+    if let Ok(host) = std::env::var("MLDEPLOY_PUBLIC_HOST") {
+        if !host.is_empty() {
+            return host;
+        }
+    }
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|url| docker_host_name(&url))
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+/// The host name in a remote `DOCKER_HOST` (`ssh://user@host:22`, `tcp://host:2376`).
+pub fn docker_host_name(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("ssh://")
+        .or_else(|| url.strip_prefix("tcp://"))?;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = rest.split(['/', ':']).next()?;
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_docker_hosts_become_tunnels() {
+        assert_eq!(
+            ssh_target("ssh://deploy@example.org"),
+            Some(("deploy@example.org".to_owned(), None))
+        );
+        assert_eq!(
+            ssh_target("ssh://u@h.example:2222"),
+            Some(("u@h.example".to_owned(), Some(2222)))
+        );
+        assert_eq!(
+            ssh_target("ssh://h.example"),
+            Some(("h.example".to_owned(), None))
+        );
+        assert_eq!(ssh_target("tcp://h:2376"), None);
+        assert_eq!(ssh_target("ssh://u@"), None);
+        let args = ssh_tunnel_args("u@h", Some(2222), &[(40000, 8080), (40001, 8081)]);
+        assert_eq!(
+            args.join(" "),
+            "-N -o ExitOnForwardFailure=yes -o BatchMode=yes -o ServerAliveInterval=15 -p 2222 \
+             -L 127.0.0.1:40000:127.0.0.1:8080 -L 127.0.0.1:40001:127.0.0.1:8081 u@h"
+        );
+    }
+
+    #[test]
+    fn docker_host_names() {
+        assert_eq!(
+            docker_host_name("ssh://deploy@example.org").as_deref(),
+            Some("example.org")
+        );
+        assert_eq!(
+            docker_host_name("ssh://u@h.example:2222").as_deref(),
+            Some("h.example")
+        );
+        assert_eq!(
+            docker_host_name("tcp://10.0.0.5:2376").as_deref(),
+            Some("10.0.0.5")
+        );
+        assert_eq!(docker_host_name("unix:///var/run/docker.sock"), None);
+    }
+}
