@@ -1,4 +1,10 @@
 //! The service's configuration, read from the environment as the existing setups do.
+//!
+//! - [`Config`]: what to serve and where (`MODEL_PATH`, `MODEL_VERSION`, `HOST`, `PORT`,
+//!   `SHUTDOWN_TIMEOUT_SECS`);
+//! - [`LogConfig`]: where and how the logs go (`LOG_FORMAT`, `LOG_FILE`, `LOG_MAX_BYTES`); read
+//!   apart, and first, so that a refusal to start can itself be logged. The level comes from
+//!   `RUST_LOG` (default `info`), read by [`crate::telemetry`].
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
@@ -13,6 +19,9 @@ pub const DEFAULT_MODEL_PATH: &str = "models/v1.0.0";
 /// How long in-flight requests may take to finish after SIGTERM when
 /// `SHUTDOWN_TIMEOUT_SECS` is unset.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The size cap of `LOG_FILE` when `LOG_MAX_BYTES` is unset: 10 MiB, so the log and its one
+/// rotated predecessor take at most about 20 MiB.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
 
 /// What the service is told by its environment; see [`Config::from_env`].
 #[derive(Debug, Clone, PartialEq)]
@@ -74,16 +83,99 @@ impl Config {
     }
 }
 
+/// Where and how the log lines go; see [`LogConfig::from_env`].
+///
+/// Whatever the destination, a line that cannot be written (full disk, missing folder, a reader
+/// that does not keep up) is dropped and counted in `log_lines_dropped_total`: logging never
+/// fails or delays a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// `LOG_FORMAT=json`: one JSON object per line; anything else, or unset: text.
+    pub json: bool,
+    /// `LOG_FILE`: append the lines to this file instead of stdout.
+    pub file: Option<PathBuf>,
+    /// `LOG_MAX_BYTES` (only with `LOG_FILE`; default [`DEFAULT_LOG_MAX_BYTES`]): when a line
+    /// would take `LOG_FILE` past this size, the file is renamed to `<LOG_FILE>.1` (replacing
+    /// an older one) and a new one is started. Only a regular file rotates (not `/dev/stdout`).
+    pub max_bytes: u64,
+}
+
+impl Default for LogConfig {
+    /// Text lines on stdout.
+    fn default() -> LogConfig {
+        LogConfig {
+            json: false,
+            file: None,
+            max_bytes: DEFAULT_LOG_MAX_BYTES,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<LogConfig> {
+        LogConfig::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the log configuration through `get`, so tests need not touch the environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<LogConfig> {
+        let non_empty = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let max_bytes = match non_empty("LOG_MAX_BYTES") {
+            Some(raw) => raw
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| {
+                    format!("LOG_MAX_BYTES={raw:?} is not a positive number of bytes")
+                })?,
+            None => DEFAULT_LOG_MAX_BYTES,
+        };
+        Ok(LogConfig {
+            json: non_empty("LOG_FORMAT").is_some_and(|f| f.trim().eq_ignore_ascii_case("json")),
+            file: non_empty("LOG_FILE").map(PathBuf::from),
+            max_bytes,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn config(vars: &[(&str, &str)]) -> Result<Config> {
-        Config::from_lookup(|name| {
+    fn lookup<'a>(vars: &'a [(&str, &str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        |name| {
             vars.iter()
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| v.to_string())
-        })
+        }
+    }
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config> {
+        Config::from_lookup(lookup(vars))
+    }
+
+    #[test]
+    fn logs_go_to_stdout_as_text_unless_told_otherwise() {
+        let c = LogConfig::from_lookup(lookup(&[])).unwrap();
+        assert_eq!(c, LogConfig::default());
+        assert_eq!(
+            (c.json, c.file, c.max_bytes),
+            (false, None, DEFAULT_LOG_MAX_BYTES)
+        );
+        let c = LogConfig::from_lookup(lookup(&[
+            ("LOG_FORMAT", "JSON"),
+            ("LOG_FILE", "/var/log/blue.log"),
+            ("LOG_MAX_BYTES", "4096"),
+        ]))
+        .unwrap();
+        assert!(c.json);
+        assert_eq!(c.file, Some(PathBuf::from("/var/log/blue.log")));
+        assert_eq!(c.max_bytes, 4096);
+        for bad in ["0", "-1", "10M"] {
+            let err = LogConfig::from_lookup(lookup(&[("LOG_MAX_BYTES", bad)])).unwrap_err();
+            assert!(err.to_string().contains("LOG_MAX_BYTES"), "{err}");
+        }
     }
 
     #[test]

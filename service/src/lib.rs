@@ -8,7 +8,9 @@
 //!   protocol, `/metrics`, `/openapi.json`), each with its router and its part of the OpenAPI
 //!   document;
 //! - [`state`]: what the handlers share: the application state, the model name, the limits;
-//! - [`config`], [`error`], [`extract`], [`metrics`], [`healthcheck`], [`telemetry`].
+//! - [`telemetry`]: the logs, written by a background thread so that a slow or full log never
+//!   fails or delays a request;
+//! - [`config`], [`error`], [`extract`], [`metrics`], [`healthcheck`].
 //!
 //! Imports point one way: `server` → `routes` → `state`, `extract`, `error`, `metrics`, `model`.
 

@@ -4,10 +4,10 @@
 //!   until SIGTERM or SIGINT, drain in-flight requests (at most `SHUTDOWN_TIMEOUT_SECS`), exit 0;
 //! - `ml-service healthcheck`: ask this service's own `/health` on `HOST:PORT`; exit 0 if healthy.
 
-use std::process::ExitCode;
+use std::{io::Write, process::ExitCode};
 
 use service::{
-    config::Config,
+    config::{Config, LogConfig},
     healthcheck,
     model::Model,
     server::{shutdown_signal, Server},
@@ -15,7 +15,7 @@ use service::{
 };
 
 const USAGE: &str = "usage: ml-service [healthcheck]
-  (no argument)  serve the model; environment: MODEL_PATH, MODEL_VERSION, HOST, PORT, SHUTDOWN_TIMEOUT_SECS, RUST_LOG, LOG_FORMAT
+  (no argument)  serve the model; environment: MODEL_PATH, MODEL_VERSION, HOST, PORT, SHUTDOWN_TIMEOUT_SECS, RUST_LOG, LOG_FORMAT, LOG_FILE, LOG_MAX_BYTES
   healthcheck    check http://$HOST:$PORT/health (loopback when HOST is 0.0.0.0) and exit 0 if healthy, 1 otherwise";
 
 fn main() -> ExitCode {
@@ -34,8 +34,13 @@ fn main() -> ExitCode {
 }
 
 fn serve() -> ExitCode {
-    telemetry::init();
-    let config = match Config::from_env() {
+    let log_config = LogConfig::from_env();
+    // Held to the end of `serve`: its drop writes the lines still waiting.
+    let _logs = match telemetry::init(log_config.as_ref().unwrap_or(&LogConfig::default())) {
+        Ok(guard) => guard,
+        Err(err) => return refuse(&format!("cannot start the log writer: {err}")),
+    };
+    let config = match log_config.and_then(|_| Config::from_env()) {
         Ok(config) => config,
         Err(err) => return refuse(&format!("{err:#}")),
     };
@@ -79,7 +84,8 @@ fn serve() -> ExitCode {
 
 fn refuse(reason: &str) -> ExitCode {
     tracing::error!(reason, "refusing to start");
-    eprintln!("error: refusing to start: {reason}");
+    // Not `eprintln!`: it panics when stderr cannot be written (a full disk).
+    let _ = writeln!(std::io::stderr(), "error: refusing to start: {reason}");
     ExitCode::FAILURE
 }
 

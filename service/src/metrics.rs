@@ -4,7 +4,9 @@
 //! - `http_request_duration_seconds{route}`: a latency histogram;
 //! - `http_requests_in_flight`: requests being handled now (the scrape itself included);
 //! - `predictions_total{class,label}`: predicted classes, across every endpoint;
-//! - `model_info{version,algorithm}`: always 1, carries the model's version.
+//! - `model_info{version,algorithm}`: always 1, carries the model's version;
+//! - `log_lines_dropped_total`: log lines lost to a full log channel or a failed write (a full
+//!   disk); counted by [`crate::telemetry`], for the whole process.
 //!
 //! Routes and statuses are fixed sets, so recording is a few relaxed atomic adds and no lock.
 
@@ -193,6 +195,16 @@ impl Metrics {
             "model_info{{version=\"{}\",algorithm=\"{}\"}} 1",
             escape(model.version()),
             escape(&model.metadata().algorithm)
+        );
+        let _ = writeln!(
+            w,
+            "# HELP log_lines_dropped_total Log lines not written: the log channel was full or the write failed."
+        );
+        let _ = writeln!(w, "# TYPE log_lines_dropped_total counter");
+        let _ = writeln!(
+            w,
+            "log_lines_dropped_total {}",
+            crate::telemetry::dropped_lines()
         );
         out
     }

@@ -13,7 +13,8 @@ use std::{
 };
 
 use common::{
-    model_dir, poll, spawn_service, start_service, wait_exit, TestServer, GOLDEN, VERSIONS,
+    http_get, model_dir, poll, spawn_service, start_service, wait_exit, TestServer, GOLDEN,
+    VERSIONS,
 };
 use serde_json::{json, Value};
 
@@ -248,17 +249,4 @@ fn copy_version(version: &str, to: &Path) {
     for file in ["model.json", "metadata.json"] {
         std::fs::copy(model_dir(version).join(file), to.join(file)).unwrap();
     }
-}
-
-/// A minimal blocking GET, so synchronous tests need no runtime.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(WAIT))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response)
 }

@@ -22,6 +22,8 @@ use crate::domain::Color;
 pub mod defaults {
     pub const BALANCER_PORT: u16 = 8080;
     pub const BUCKETS: u16 = 100;
+    /// The latency budget: how long nginx waits for a color's answer before it tries the other.
+    pub const READ_TIMEOUT_SECS: u64 = 3;
     pub const BLUE_VERSION: &str = "v1.0.0";
     pub const BLUE_PORT: u16 = 8081;
     pub const GREEN_VERSION: &str = "v1.1.0";
@@ -55,6 +57,9 @@ pub struct Balancer {
     pub port: u16,
     /// Route buckets: the split moves in steps of `100 / buckets` percent.
     pub buckets: u16,
+    /// The latency budget: a color that has not answered within it (hung, or far too slow)
+    /// loses the request to the other color, and is avoided for a moment after.
+    pub read_timeout: Duration,
 }
 
 /// `[blue]` / `[green]`: one color's default model version and direct port.
@@ -114,6 +119,7 @@ impl Default for DeployConfig {
             balancer: Balancer {
                 port: BALANCER_PORT,
                 buckets: BUCKETS,
+                read_timeout: Duration::from_secs(READ_TIMEOUT_SECS),
             },
             blue: ColorConfig {
                 version: BLUE_VERSION.into(),
@@ -166,6 +172,14 @@ pub fn parse(text: &str) -> Result<DeployConfig> {
                 1,
                 defaults::MAX_BUCKETS.into(),
             )? as u16,
+            read_timeout: Duration::from_secs(int(
+                &doc,
+                "balancer",
+                "read_timeout_secs",
+                d.balancer.read_timeout.as_secs(),
+                1,
+                300,
+            )?),
         },
         blue: ColorConfig {
             version: version(&doc, "blue", &d.blue.version)?,
@@ -297,13 +311,14 @@ mod tests {
     #[test]
     fn values_override_the_defaults() {
         let config =
-            parse("[balancer]\nport = 9000\nbuckets = 20\n[green]\nversion = \"v2.0.0\"\n")
+            parse("[balancer]\nport = 9000\nbuckets = 20\nread_timeout_secs = 7\n[green]\nversion = \"v2.0.0\"\n")
                 .unwrap();
         assert_eq!(
             config.balancer,
             Balancer {
                 port: 9000,
-                buckets: 20
+                buckets: 20,
+                read_timeout: Duration::from_secs(7),
             }
         );
         assert_eq!(config.green.version, "v2.0.0");

@@ -255,13 +255,17 @@ pub struct History {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchTarget {
-    /// The model service alone, on loopback.
+    /// The model service alone on loopback, then behind nginx against nginx's own ceiling.
     Service,
     /// Switches under load through nginx, against the reload-based methods.
     Switch,
     /// The docker compose runtime on a private project: image size, `up`, container start,
     /// switch time, and failed requests under load while switching and rolling back.
     Compose,
+    /// The active color hanging for 5 s and 90 s (`--duration 90` or more; else that many
+    /// seconds) under load, with nginx's default read timeout and with the latency budget:
+    /// failed requests, p99 and max latency, time until the standby answers.
+    Hang,
 }
 
 #[derive(Debug, Args)]

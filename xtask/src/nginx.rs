@@ -9,7 +9,13 @@
 //! 3. `proxy_pass http://$color;` where upstream `blue` is blue + green as `backup` and `green`
 //!    the mirror image, so a dead color fails over to the other instead of answering 502;
 //! 4. response headers name the color that served (`X-Served-By`) and the one routed to
-//!    (`X-Routed-To`); the service's own `X-Model-Version` passes through.
+//!    (`X-Routed-To`); the service's own `X-Model-Version` passes through;
+//! 5. a color that does not answer within the latency budget (`read_timeout_secs`: hung, or far
+//!    too slow) loses the request to the other color; one failure marks it down for
+//!    `fail_timeout` in every worker (the upstreams live in a shared `zone`);
+//! 6. the balancer's own health (`/_balancer/health`) answers 503 with the reason when no route
+//!    generation can be read, so a silent fallback to blue is seen by monitors, `status` and
+//!    `smoke`.
 //!
 //! Only directives of stock open-source nginx (1.22 in Debian, the official image) are used.
 
@@ -34,12 +40,18 @@ pub struct NginxParams {
     pub access_log: String,
     /// nginx's temporary files (request bodies, proxy buffers) go in folders under this.
     pub temp_dir: String,
+    /// The latency budget in seconds (`balancer.read_timeout_secs`): how long nginx waits for a
+    /// color's answer before it passes the request to the other color.
+    pub read_timeout_secs: u64,
 }
 
 /// The largest request body the balancer accepts (the service has its own, smaller limit).
 pub const MAX_BODY: &str = "1m";
 /// The balancer's own health endpoint, answered by nginx without touching a color.
 pub const HEALTH_PATH: &str = "/_balancer/health";
+/// What the balancer's health says when it cannot read a route generation.
+pub const NO_ROUTE_REASON: &str = "no readable route generation (routes/current): every request \
+     goes to blue whatever was switched; run `cargo xtask status`, then `cargo xtask switch --to <color>` to restore";
 
 impl NginxParams {
     /// The parameters the committed `nginx/nginx.conf` is rendered from: the container layout
@@ -56,6 +68,7 @@ impl NginxParams {
             error_log: "/dev/stderr".into(),
             access_log: "/dev/stdout".into(),
             temp_dir: "/tmp/nginx".into(),
+            read_timeout_secs: crate::config::defaults::READ_TIMEOUT_SECS,
         }
     }
 }
@@ -155,6 +168,7 @@ pub fn render(p: &NginxParams) -> String {
     let _ = writeln!(w);
     for (name, primary, backup) in [("blue", &p.blue, &p.green), ("green", &p.green, &p.blue)] {
         let _ = writeln!(w, "    upstream {name} {{");
+        let _ = writeln!(w, "        zone upstream_{name} 64k;");
         let _ = writeln!(w, "        server {primary} max_fails=1 fail_timeout=2s;");
         let _ = writeln!(w, "        server {backup} backup;");
         let _ = writeln!(w, "        keepalive 32;");
@@ -167,6 +181,13 @@ pub fn render(p: &NginxParams) -> String {
     let _ = writeln!(w, "        location = {HEALTH_PATH} {{");
     let _ = writeln!(w, "            access_log off;");
     let _ = writeln!(w, "            default_type application/json;");
+    let current = format!("{}/current", p.route_dir);
+    let _ = writeln!(w, "            if (!-d {}) {{", q(&current));
+    let _ = writeln!(
+        w,
+        "                return 503 '{{\"status\":\"degraded\",\"reason\":\"{NO_ROUTE_REASON}\"}}';"
+    );
+    let _ = writeln!(w, "            }}");
     let _ = writeln!(w, "            return 200 '{{\"status\":\"ok\"}}';");
     let _ = writeln!(w, "        }}");
     let _ = writeln!(w);
@@ -188,13 +209,21 @@ pub fn render(p: &NginxParams) -> String {
         w,
         "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"
     );
+    let budget = p.read_timeout_secs.max(1);
     let _ = writeln!(w, "            proxy_connect_timeout 1s;");
+    let _ = writeln!(w, "            proxy_send_timeout {budget}s;");
+    let _ = writeln!(w, "            proxy_read_timeout {budget}s;");
     let _ = writeln!(
         w,
         "            proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;"
     );
     let _ = writeln!(w, "            proxy_next_upstream_tries 3;");
-    let _ = writeln!(w, "            proxy_next_upstream_timeout 10s;");
+    // Long enough for one timed-out try and the retry on the other color.
+    let _ = writeln!(
+        w,
+        "            proxy_next_upstream_timeout {}s;",
+        (2 * budget + 2).max(10)
+    );
     let _ = writeln!(w, "            add_header X-Served-By $served_by always;");
     let _ = writeln!(w, "            add_header X-Routed-To $color always;");
     let _ = writeln!(w, "        }}");
@@ -259,19 +288,12 @@ mod tests {
             error_log: "/srv/mldeploy/nginx/logs/error.log".into(),
             access_log: "/srv/mldeploy/nginx/logs/access.log".into(),
             temp_dir: "/srv/mldeploy/nginx/temp".into(),
+            read_timeout_secs: 3,
         }
     }
 
     fn check_golden(name: &str, actual: &str) {
-        let path = crate::util::project_root().join(name);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, actual).unwrap();
-        }
-        let expected = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            expected == actual,
-            "{name} differs from the rendering; rerun with UPDATE_GOLDEN=1 and review the diff"
-        );
+        crate::util::ensure_file_contents(name, actual);
     }
 
     #[test]

@@ -89,15 +89,25 @@ fn missing_or_unreadable_route_directory_serves_blue_and_status_says_so() {
         "blue",
         "no route directory: the default, blue"
     );
-    let problems = d.status()["problems"].to_string();
+    // Loud, not silent: `status` reports it and fails.
+    let (ok, report, stderr) = d.status_anyway();
+    let problems = report["problems"].to_string();
     assert!(problems.contains("no `current` generation"), "{problems}");
+    assert!(
+        !ok,
+        "status must fail when traffic does not follow the recorded split"
+    );
+    assert!(
+        stderr.contains("does not follow the recorded split"),
+        "{stderr}"
+    );
     std::fs::rename(&aside, &routes).unwrap();
     assert_eq!(d.served().0, "green");
 
     let current = std::fs::canonicalize(routes.join("current")).unwrap();
     std::fs::set_permissions(&current, std::fs::Permissions::from_mode(0o000)).unwrap();
     let served = d.served().0;
-    let problems = d.status()["problems"].to_string();
+    let problems = d.status_anyway().1["problems"].to_string();
     std::fs::set_permissions(&current, std::fs::Permissions::from_mode(0o755)).unwrap();
     assert_eq!(
         served, "blue",

@@ -4,9 +4,9 @@
 #![allow(dead_code)]
 
 use std::{
-    io::{BufRead, BufReader},
-    net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc,
     thread,
@@ -199,27 +199,67 @@ pub fn spawn_service(env: &[(&str, String)]) -> (Process, SocketAddr) {
 }
 
 pub fn start_service(env: &[(&str, String)]) -> Process {
+    start_service_with(env, Stdio::piped(), Stdio::piped())
+}
+
+/// Starts `ml-service` on a free loopback port with its stdout and stderr sent to `output` (say
+/// `/dev/full`), and waits until `/health` answers 200: for runs whose log lines do not come
+/// to a pipe, so no "listening" line can tell the address.
+pub fn spawn_service_logging_to(env: &[(&str, String)], output: &Path) -> (Process, SocketAddr) {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(output)
+            .unwrap_or_else(|e| panic!("open {}: {e}", output.display()))
+    };
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut env = env.to_vec();
+    env.push(("PORT", port.to_string()));
+    let mut process = start_service_with(&env, open().into(), open().into());
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    poll(
+        "ml-service to answer /health",
+        Duration::from_secs(30),
+        || {
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("ml-service exited with {status} before it was healthy");
+            }
+            http_get(addr, "/health")
+                .ok()
+                .filter(|r| r.starts_with("HTTP/1.1 200"))
+        },
+    );
+    (process, addr)
+}
+
+/// Starts `ml-service` with `env` (PORT=0 unless `env` says otherwise); a piped stdout is read
+/// line by line into [`Process::lines`].
+pub fn start_service_with(env: &[(&str, String)], stdout: Stdio, stderr: Stdio) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ml-service"));
     command
         .env_clear()
         .env("HOST", "127.0.0.1")
         .env("PORT", "0")
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdout(stdout)
+        .stderr(stderr);
     for (k, v) in env {
         command.env(k, v);
     }
     let mut child = command.spawn().expect("start ml-service");
     let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
+    if let Some(stdout) = child.stdout.take() {
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
-        }
-    });
+        });
+    }
     Process {
         child,
         lines: rx,
@@ -299,4 +339,23 @@ pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
         );
         thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A minimal blocking GET (`Connection: close`), so synchronous tests need no runtime.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+/// The value of the unlabelled metric `name` in a `/metrics` text, if present.
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }

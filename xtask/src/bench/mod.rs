@@ -1,14 +1,19 @@
 //! `cargo xtask bench`: measurements under real load, written up in `docs/benchmarks.md`.
 //!
-//! - `bench service`: the model service alone on loopback (req/s, latency, CPU, RSS, start time);
+//! - `bench service`: the model service on loopback (req/s, latency, CPU, RSS, start time),
+//!   alone and behind nginx against nginx's own ceiling (a fixed answer);
 //! - `bench switch`: switches under keep-alive load through nginx, against the reload-based
 //!   methods the old scripts used;
 //! - `bench compose`: the docker compose runtime on a private project (image size, `up`, a
 //!   container's start, switch wall time, throughput and failed requests while switching).
 //!
-//! `wrk` runs the load for all three; `report` writes their sections of the document.
+//! - `bench hang`: the active color hanging under load, before and after the latency budget.
+//!
+//! `wrk` runs the load for the first three (`hang` has its own client, which waits for
+//! answers); `report` writes their sections of the document.
 
 mod compose;
+mod hang;
 mod report;
 mod service;
 mod switch;
@@ -25,6 +30,7 @@ impl flags::Bench {
             BenchTarget::Service => service::run(sh, global, &self),
             BenchTarget::Switch => switch::run(sh, global, &self),
             BenchTarget::Compose => compose::run(sh, global, &self),
+            BenchTarget::Hang => hang::run(sh, global, &self),
         }
     }
 }

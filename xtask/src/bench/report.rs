@@ -10,6 +10,7 @@
 use std::{fs, thread};
 
 use anyhow::{Context, Result};
+use xshell::{cmd, Shell};
 
 use crate::util::project_root;
 
@@ -26,6 +27,20 @@ pub fn cpu() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = thread::available_parallelism().map_or(0, |n| n.get());
     format!("{model}, {cores} cores")
+}
+
+/// nginx's version as `nginx -v` prints it (`nginx/1.22.1`), empty when it cannot say.
+pub fn nginx_version(sh: &Shell) -> String {
+    cmd!(sh, "nginx -v")
+        .quiet()
+        .ignore_status()
+        .output()
+        .map_or(String::new(), |o| {
+            String::from_utf8_lossy(&o.stderr)
+                .trim()
+                .trim_start_matches("nginx version: ")
+                .to_owned()
+        })
 }
 
 /// The 1, 5 and 15 minute load averages: `1.05 2.05 2.26`.

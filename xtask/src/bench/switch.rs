@@ -223,6 +223,7 @@ impl Bench<'_> {
             error_log: s("logs/error.log"),
             access_log: s("logs/access.log"),
             temp_dir: s("temp"),
+            read_timeout_secs: self.config.balancer.read_timeout.as_secs(),
         };
         let routed = nginx::render(&params);
         let classic = strip_routing(&routed, color)?;
@@ -397,20 +398,11 @@ fn render_report(n: &Numbers) -> String {
 }
 
 fn machine(sh: &Shell) -> String {
-    let nginx = cmd!(sh, "nginx -v")
-        .quiet()
-        .ignore_status()
-        .output()
-        .map_or(String::new(), |o| {
-            String::from_utf8_lossy(&o.stderr)
-                .trim()
-                .trim_start_matches("nginx version: ")
-                .to_owned()
-        });
     format!(
-        "Machine: {} (shared by wrk, nginx and both colors; load average before the run {}); {nginx}.",
+        "Machine: {} (shared by wrk, nginx and both colors; load average before the run {}); {}.",
         report::cpu(),
-        report::load_average()
+        report::load_average(),
+        report::nginx_version(sh)
     )
 }
 

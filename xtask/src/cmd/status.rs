@@ -1,10 +1,11 @@
 //! `cargo xtask status` and `cargo xtask history`: the live state and the operation log.
 //!
 //! `status` prints [`crate::ops::status::gather`]'s report as text, JSON (`--json`) or a
-//! Markdown table (`--format markdown`, for CI job summaries); `history` prints the operation
+//! Markdown table (`--format markdown`, for CI job summaries), and fails when traffic does not
+//! follow the recorded split (no readable route generation); `history` prints the operation
 //! log, newest last.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use xshell::Shell;
 
 use crate::{
@@ -24,6 +25,12 @@ impl flags::Status {
             Format::Text => crate::say_raw!("{}", render_text(&report)),
             Format::Json => crate::say!("{}", serde_json::to_string_pretty(&report)?),
             Format::Markdown => crate::say_raw!("{}", render_markdown(&report)),
+        }
+        if let Some(why) = &report.unrouted {
+            bail!(
+                "traffic does not follow the recorded split: {why}; the next operation \
+                 (`cargo xtask switch --to <color>`, `rollback`, `deploy`) restores the recorded split first"
+            );
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use super::{
     engine::execute,
     live::{read_live, record_state},
     record::{Recorder, StopWith, Stopped},
-    wait_healthy, Deployment,
+    repair, wait_healthy, Deployment,
 };
 use crate::{
     domain::{Color, DeployState, Outcome, Request, Split},
@@ -25,7 +25,7 @@ use crate::{
 
 /// Deploys `version` to the standby color and, unless `no_switch`, switches to it.
 pub fn deploy(ctx: &Deployment, version: &str, no_switch: bool) -> Result<()> {
-    let live = read_live(ctx)?;
+    let live = repair(ctx, read_live(ctx)?)?;
     let mut state = live.state(&ctx.config);
     let Some(active) = live.split.active() else {
         bail!(

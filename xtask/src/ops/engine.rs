@@ -8,8 +8,14 @@
 //! 4. install the next route generation and swap the symlink (no nginx reload);
 //! 5. verify through the balancer that the target answers (`X-Served-By`, `X-Model-Version`);
 //!    if not, swap the previous generation back and fail;
-//! 6. record the new state (the old one becomes `previous`); the [`Recorder`] appends one line
-//!    to the operation log whatever happened; print paired lines and a one-line summary.
+//! 6. record the new state (the old one becomes `previous`); if that fails, swap the previous
+//!    generation back too (all or nothing); the [`Recorder`] appends one line to the operation
+//!    log whatever happened; print paired lines and a one-line summary.
+//!
+//! Before step 2, a missing or unreadable route generation is [`repair`]ed to the recorded
+//! split (the intent), and recorded as a `repair` operation.
+
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -32,11 +38,12 @@ const VERIFY_SPLIT_REQUESTS: usize = 20;
 
 /// Runs one operation with the lock held. Returns the state recorded afterwards.
 pub fn execute(ctx: &Deployment, request: Request) -> Result<DeployState> {
-    let live = read_live(ctx)?;
     let name = request.name();
+    let live = read_live(ctx)?;
     refuse_without_deployment(ctx, &live, name)?;
-    if let Some(problem) = &live.problem {
-        crate::say!("warning: {problem}");
+    let live = repair(ctx, live)?;
+    for warning in live.problem.iter().chain(&live.recovered) {
+        crate::say!("warning: {warning}");
     }
     let base = live.state(&ctx.config);
     let mut rec = Recorder::new(ctx, name, &live, &base.versions);
@@ -60,6 +67,45 @@ fn refuse_without_deployment(ctx: &Deployment, live: &Live, name: &str) -> Resul
         );
     }
     Ok(())
+}
+
+/// Without a readable route generation nginx sends everything to blue, whatever was switched.
+/// When a state is recorded, this puts its split (the intent) back first, records why as a
+/// `repair` in the operation log, and returns the live state after it. Nothing recorded, or a
+/// repair that does not take (a folder nginx cannot enter): the live state as it is.
+pub fn repair(ctx: &Deployment, live: Live) -> Result<Live> {
+    let (Some(problem), Some(intent)) = (&live.problem, &live.recorded) else {
+        return Ok(live);
+    };
+    if matches!(live.reading, RouteReading::Active { .. }) {
+        return Ok(live);
+    }
+    crate::say!(
+        "repairing: {problem}; restoring the recorded split {}…",
+        intent.split
+    );
+    let mut rec = Recorder::new(ctx, "repair", &live, &intent.versions);
+    rec.aim(intent.split);
+    rec.reason(problem);
+    let result = (|| {
+        let generation = route(ctx, &live, intent.split)?;
+        rec.moved(intent.split, generation);
+        let mut repaired = intent.clone();
+        repaired.generation = generation;
+        record_state(ctx, &repaired)?;
+        Ok(generation)
+    })();
+    let generation = rec
+        .finish(result.map_err(|err: anyhow::Error| Stopped {
+            outcome: Outcome::Failed,
+            error: err.context(problem.clone()),
+        }))
+        .context("repair the route directory")?;
+    crate::say!(
+        "repaired: traffic follows the recorded split {} again (route generation {generation})",
+        intent.split
+    );
+    read_live(ctx)
 }
 
 /// The steps after the live state is read; each failure says what it leaves behind.
@@ -93,25 +139,21 @@ fn run(
     rec.moved(plan.to, generation);
 
     if let Err(err) = verify(ctx, plan.to, base) {
-        rec.moved(live.split, live.generation());
-        return match restore(ctx, live) {
-            Ok(()) => Err(err.context(format!(
-                "{name} failed verification; traffic is back to {}",
-                plan.from
-            )))
-            .stop_with(Outcome::RolledBack),
-            Err(again) => {
-                rec.moved(plan.to, generation);
-                Err(err.context(format!(
-                    "{name} failed verification and swapping the previous generation back failed too ({again:#}): run `cargo xtask status`"
-                )))
-                .stop_with(Outcome::Failed)
-            }
-        };
+        return Err(undo(ctx, live, rec, generation, err, "failed verification"));
     }
 
     let state = base.advance(generation, plan.to, plan.stable, &now_rfc3339());
-    record_state(ctx, &state).stop_with(Outcome::Failed)?;
+    if let Err(err) = record_state(ctx, &state) {
+        // All or nothing: traffic that moved without a record would surprise the next caller.
+        return Err(undo(
+            ctx,
+            live,
+            rec,
+            generation,
+            err,
+            "could not record the new state",
+        ));
+    }
     if let Err(err) = Routes::new(ctx.rt.host()).prune(&[generation, live.generation()]) {
         crate::say!("warning: could not remove old route generations: {err:#}");
     }
@@ -121,6 +163,34 @@ fn run(
         rec.elapsed()
     );
     Ok(state)
+}
+
+/// Swaps the generation that was live before back in after `err` (`what` went wrong once
+/// traffic had moved to `generation`): `RolledBack` when that works, `Failed` when it does not.
+fn undo(
+    ctx: &Deployment,
+    live: &Live,
+    rec: &mut Recorder,
+    generation: u64,
+    err: anyhow::Error,
+    what: &str,
+) -> Stopped {
+    let name = rec.operation().to_owned();
+    match restore(ctx, live) {
+        Ok(()) => {
+            rec.moved(live.split, live.generation());
+            Stopped {
+                outcome: Outcome::RolledBack,
+                error: err.context(format!("{name} {what}; traffic is back to {}", live.split)),
+            }
+        }
+        Err(again) => Stopped {
+            outcome: Outcome::Failed,
+            error: err.context(format!(
+                "{name} {what} and swapping the previous generation back failed too ({again:#}): traffic may follow route generation {generation}; run `cargo xtask status`"
+            )),
+        },
+    }
 }
 
 /// Runs the gates on every color whose share grows; the error says traffic stays, names the
@@ -172,28 +242,55 @@ fn restore(ctx: &Deployment, live: &Live) -> Result<()> {
     }
 }
 
-/// Checks through the balancer that `split` is what answers.
+/// Checks through the balancer that `split` is what answers: a run of right answers in a row
+/// within [`Deployment::verify_window`]. A wrong answer resets the run, so a color that nginx
+/// briefly holds as failed after a restart (its `fail_timeout`) does not fail a good switch,
+/// while a target that keeps answering wrongly fails once the window has passed.
 fn verify(ctx: &Deployment, split: Split, state: &DeployState) -> Result<()> {
     let url = ctx.rt.url(Part::Balancer);
-    let requests = if split.active().is_some() {
+    let needed = if split.active().is_some() {
         VERIFY_REQUESTS
     } else {
         VERIFY_SPLIT_REQUESTS
     };
-    for _ in 0..requests {
-        let served = ctx
-            .checks
-            .through_balancer(&url)
-            .with_context(|| format!("verify through the balancer: no answer from {url}"))?;
-        if served.status != 200 {
-            bail!(
-                "verify through the balancer: /health answered {}",
-                served.status
-            );
+    let deadline = Instant::now() + ctx.verify_window;
+    let mut in_a_row = 0;
+    loop {
+        match check_one(ctx, &url, split, state) {
+            Ok(()) => {
+                in_a_row += 1;
+                if in_a_row >= needed {
+                    return Ok(());
+                }
+            }
+            Err(err) if Instant::now() >= deadline => {
+                return Err(err.context(format!(
+                    "verify through the balancer: still wrong after {:.1} s",
+                    ctx.verify_window.as_secs_f64()
+                )));
+            }
+            Err(_) => {
+                in_a_row = 0;
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        gates::check_served(&served.color, &served.version, split, state)
-            .context("verify through the balancer")?;
     }
+}
+
+/// One answer through the balancer, checked against the split and the recorded versions.
+fn check_one(ctx: &Deployment, url: &str, split: Split, state: &DeployState) -> Result<()> {
+    let served = ctx
+        .checks
+        .through_balancer(url)
+        .with_context(|| format!("verify through the balancer: no answer from {url}"))?;
+    if served.status != 200 {
+        bail!(
+            "verify through the balancer: /health answered {}",
+            served.status
+        );
+    }
+    gates::check_served(&served.color, &served.version, split, state)
+        .context("verify through the balancer")?;
     Ok(())
 }
 

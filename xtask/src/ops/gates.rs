@@ -15,7 +15,7 @@ use reqwest::blocking::Client;
 use serde_json::{json, Value};
 
 use crate::domain::{Color, DeployState, Split};
-pub use crate::http::{balancer_answers, client};
+pub use crate::http::{balancer_answers, client, timed_out};
 
 /// One gate: a name for messages and the check, given the color's URL and expected version.
 pub struct Gate {

@@ -3,11 +3,11 @@
 
 use anyhow::{Context, Result};
 
-use super::{Deployment, STATE_FILE};
+use super::{gates, Deployment, STATE_FILE};
 use crate::{
     config::DeployConfig,
     domain::{self, Color, Current, DeployState, RouteReading, Split},
-    runtime::routes::Routes,
+    runtime::{routes::Routes, Part},
     util::now_rfc3339,
 };
 
@@ -20,6 +20,8 @@ pub struct Live {
     /// A problem with the route directory, if any.
     pub problem: Option<String>,
     pub recorded: Option<DeployState>,
+    /// Why `state.json` could not be used and how it was recovered, if it could not.
+    pub recovered: Option<String>,
 }
 
 impl Live {
@@ -28,7 +30,8 @@ impl Live {
         self.reading.generation()
     }
 
-    /// The recorded state brought in line with the live split: what the next state advances from.
+    /// The recorded state brought in line with the live split: what the next state advances
+    /// from. Without a readable route generation the recorded state is the intent, and stays.
     pub fn state(&self, config: &DeployConfig) -> DeployState {
         let mut state = self.recorded.clone().unwrap_or_else(|| DeployState {
             generation: 0,
@@ -41,7 +44,10 @@ impl Live {
             since: now_rfc3339(),
             previous: None,
         });
-        if state.split != self.split || state.generation != self.generation() {
+        let routed = matches!(self.reading, RouteReading::Active { .. });
+        if (routed || self.recorded.is_none())
+            && (state.split != self.split || state.generation != self.generation())
+        {
             state.stable = self.split.active().unwrap_or(if state.split == self.split {
                 state.stable
             } else if self.split.green > self.split.blue {
@@ -65,22 +71,56 @@ impl Live {
     }
 }
 
-/// Reads the live state through the runtime.
+/// Reads the live state through the runtime. A `state.json` that cannot be parsed does not
+/// stop anything: the state is rebuilt from the live route and the versions the colors report
+/// (the configured ones where a color does not answer), with a warning in `recovered`.
 pub fn read_live(ctx: &Deployment) -> Result<Live> {
     let reading = Routes::new(ctx.rt.host())
         .reading()
         .context("read the route directory")?;
     let (split, problem) = domain::live_split(&reading, ctx.config.balancer.buckets);
-    let recorded = match ctx.rt.host().read(STATE_FILE)? {
-        Some(text) => Some(serde_json::from_str(&text).context("parse the recorded state.json")?),
-        None => None,
-    };
-    Ok(Live {
+    let mut live = Live {
         reading,
         split,
         problem,
-        recorded,
-    })
+        recorded: None,
+        recovered: None,
+    };
+    if let Some(text) = ctx.rt.host().read(STATE_FILE)? {
+        match serde_json::from_str::<DeployState>(&text) {
+            Ok(state) => live.recorded = Some(state),
+            Err(err) => {
+                live.recorded = Some(recover(ctx, &live));
+                live.recovered = Some(format!(
+                    "the recorded state ({STATE_FILE}) cannot be read ({err}): rebuilt from the live route and the \
+                     versions the colors report; the next operation rewrites it (the rollback target is lost)"
+                ));
+            }
+        }
+    }
+    Ok(live)
+}
+
+/// A state for a deployment whose `state.json` is unreadable: the live split, and each color's
+/// version as it reports it (the configured one when it does not answer).
+fn recover(ctx: &Deployment, live: &Live) -> DeployState {
+    let versions = Color::ALL
+        .into_iter()
+        .map(|color| {
+            let url = ctx.rt.url(Part::Color(color));
+            let version = gates::healthy_version(&ctx.client, &url)
+                .unwrap_or_else(|_| ctx.config.color(color).version.clone());
+            (color, version)
+        })
+        .collect();
+    DeployState {
+        generation: live.generation(),
+        split: live.split,
+        stable: live.split.active().unwrap_or(Color::Blue),
+        versions,
+        since: now_rfc3339(),
+        previous: None,
+    }
 }
 
 /// Writes the recorded state.
@@ -125,6 +165,7 @@ mod tests {
             split,
             problem,
             recorded,
+            recovered: None,
         }
     }
 

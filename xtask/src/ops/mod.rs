@@ -21,13 +21,15 @@ pub mod status;
 mod tests;
 pub mod up;
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use reqwest::blocking::Client;
 use xshell::Shell;
 
 pub use canary::rollout;
 pub use deploy::deploy;
-pub use engine::{execute, route};
+pub use engine::{execute, repair, route};
 pub use health::{wait_balancer, wait_healthy};
 pub use live::{read_live, record_state, Live};
 pub use record::Recorder;
@@ -52,7 +54,14 @@ pub struct Deployment {
     pub client: Client,
     /// Gates and verification, through [`gates::Checks`] so tests can fake them.
     pub checks: Box<dyn gates::Checks>,
+    /// How long verification through the balancer may take to see the new split answer: longer
+    /// than nginx's `fail_timeout` (2 s), so a color nginx briefly holds as failed after a
+    /// restart does not fail a good switch.
+    pub verify_window: Duration,
 }
+
+/// The default [`Deployment::verify_window`].
+pub const VERIFY_WINDOW: Duration = Duration::from_secs(5);
 
 impl Deployment {
     /// Opens the deployment the flags name: the configuration file and the runtime.
@@ -65,6 +74,7 @@ impl Deployment {
             rt,
             checks: Box::new(gates::Http(client.clone())),
             client,
+            verify_window: VERIFY_WINDOW,
         })
     }
 

@@ -83,10 +83,20 @@ impl<'a> Recorder<'a> {
         self.op.versions = versions.clone();
     }
 
+    /// Why the operation ran (a repair says what it repaired).
+    pub fn reason(&mut self, why: &str) {
+        self.op.reason = Some(why.to_owned());
+    }
+
     /// The operation found nothing to do; `why` says so.
     pub fn noop(&mut self, why: &str) {
         self.op.result = Outcome::Noop;
         self.op.reason = Some(why.to_owned());
+    }
+
+    /// The operation's name (`switch`, `deploy`…).
+    pub fn operation(&self) -> &str {
+        &self.op.operation
     }
 
     /// Seconds since the operation started.

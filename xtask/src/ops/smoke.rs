@@ -1,6 +1,8 @@
 //! Smoke checks: the deployment through the balancer, as a client sees it.
 //!
 //! Steps (each a named check; all run, the summary counts them):
+//! 0. `balancer`: the balancer's own health is 200 (it is 503 with the reason when no route
+//!    generation can be read, so traffic would not follow the recorded split);
 //! 1. `health`: `/health` through the balancer answers 200 `status: ok`;
 //! 2. `predictions`: the golden Iris rows are classified correctly;
 //! 3. `bad-input`: malformed JSON and a wrong feature count get a 4xx;
@@ -26,7 +28,12 @@ pub const MAX_SKEW: usize = 15;
 pub fn smoke(ctx: &Deployment, url: &str) -> Result<()> {
     let live = read_live(ctx)?;
     let state = live.state(&ctx.config);
-    let checks: [(&str, Result<String>); 4] = [
+    let checks: [(&str, Result<String>); 5] = [
+        (
+            "balancer",
+            crate::http::balancer_answers(&ctx.client, url)
+                .map(|()| "routes a readable generation".into()),
+        ),
         ("health", health(ctx, url)),
         (
             "predictions",

@@ -19,6 +19,8 @@ use crate::{
 
 /// How many operations `status` shows.
 const RECENT: usize = 5;
+/// How long `status` waits for one health answer.
+const STATUS_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Everything `status` reports.
 #[derive(Debug, Clone, Serialize)]
@@ -36,6 +38,10 @@ pub struct Report {
     pub colors: Vec<ColorReport>,
     /// Disagreements and problems; empty when all is well.
     pub problems: Vec<String>,
+    /// Set when nginx cannot read a route generation, so traffic does not follow the recorded
+    /// split (everything goes to blue): `status` and `smoke` then fail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unrouted: Option<String>,
     pub recent: Vec<Operation>,
 }
 
@@ -54,6 +60,8 @@ pub struct ColorReport {
     pub share: u8,
     pub running: bool,
     pub healthy: bool,
+    /// Running and accepting connections, but not answering within the probe's timeout.
+    pub hung: bool,
     /// What `/health` reports.
     pub version: Option<String>,
     /// What the state records.
@@ -73,7 +81,12 @@ impl ColorReport {
 /// Reads the live deployment into a [`Report`].
 pub fn gather(ctx: &Deployment) -> Result<Report> {
     let live = read_live(ctx)?;
-    let mut problems: Vec<String> = live.problem.iter().cloned().collect();
+    let mut problems: Vec<String> = live
+        .problem
+        .iter()
+        .chain(&live.recovered)
+        .cloned()
+        .collect();
     if let Some(recorded) = &live.recorded {
         let routed = matches!(live.reading, RouteReading::Active { .. });
         if routed && (recorded.split != live.split || recorded.generation != live.generation()) {
@@ -89,18 +102,30 @@ pub fn gather(ctx: &Deployment) -> Result<Report> {
         problems.push("no recorded state: run `cargo xtask up`".into());
     }
     let state = live.state(&ctx.config);
+    // Short probes: `status` must answer quickly even when a color hangs.
+    let probe = crate::http::client_with_timeout(STATUS_PROBE_TIMEOUT)?;
+    let budget = ctx.config.balancer.read_timeout.as_secs();
     let mut colors = Vec::new();
     for color in Color::ALL {
         let url = ctx.rt.url(Part::Color(color));
         let running = ctx.rt.is_running(Part::Color(color)).unwrap_or(false);
-        let version = gates::healthy_version(&ctx.client, &url).ok();
+        let answer = gates::healthy_version(&probe, &url);
+        let hung = running && answer.as_ref().is_err_and(gates::timed_out);
+        let version = answer.ok();
         let recorded_version = live
             .recorded
             .as_ref()
             .and_then(|s| s.version(color))
             .map(str::to_owned);
         let share = live.split.share(color);
-        if version.is_none() && share > 0 {
+        if hung && share > 0 {
+            problems.push(format!(
+                "{color} takes {share} % of traffic but hangs: it accepts connections without answering within {} s; \
+                 nginx passes each of its requests to the other color after the {budget} s latency budget, so they are slow; \
+                 restart it with `cargo xtask up`",
+                STATUS_PROBE_TIMEOUT.as_secs()
+            ));
+        } else if version.is_none() && share > 0 {
             problems.push(format!("{color} takes {share} % of traffic but is not healthy (nginx fails over to the other color)"));
         }
         if let (Some(live_v), Some(rec_v)) = (&version, &recorded_version) {
@@ -116,18 +141,24 @@ pub fn gather(ctx: &Deployment) -> Result<Report> {
             share,
             running,
             healthy: version.is_some(),
+            hung,
             version,
             recorded_version,
         });
     }
     let balancer_url = ctx.rt.url(Part::Balancer);
+    let health = crate::http::balancer_answers(&probe, &balancer_url);
     let balancer = PartReport {
         running: ctx.rt.is_running(Part::Balancer).unwrap_or(false),
-        healthy: gates::balancer_answers(&ctx.client, &balancer_url).is_ok(),
+        healthy: health.is_ok(),
         url: balancer_url,
     };
-    if !balancer.healthy {
-        problems.push("the balancer does not answer: run `cargo xtask up`".into());
+    match health {
+        Ok(()) => {}
+        Err(err) if crate::http::balancer_responds(&probe, &balancer.url).is_ok() => {
+            problems.push(format!("{err:#}"));
+        }
+        Err(_) => problems.push("the balancer does not answer: run `cargo xtask up`".into()),
     }
     let ops = ctx.operations()?;
     Ok(Report {
@@ -139,6 +170,10 @@ pub fn gather(ctx: &Deployment) -> Result<Report> {
         since: live.recorded.map(|_| state.since.clone()),
         colors,
         problems,
+        unrouted: live
+            .problem
+            .clone()
+            .filter(|_| !matches!(live.reading, RouteReading::Active { .. })),
         recent: ops[ops.len().saturating_sub(RECENT)..].to_vec(),
     })
 }
@@ -148,6 +183,16 @@ fn health_word(healthy: bool, running: bool) -> &'static str {
         (true, _) => "healthy",
         (false, true) => "running, not healthy",
         (false, false) => "down",
+    }
+}
+
+impl ColorReport {
+    fn health_word(&self) -> &'static str {
+        if self.hung {
+            "hung (accepts connections, does not answer)"
+        } else {
+            health_word(self.healthy, self.running)
+        }
     }
 }
 
@@ -175,7 +220,7 @@ pub fn render_text(r: &Report) -> String {
             c.url,
             c.share,
             c.shown_version(),
-            health_word(c.healthy, c.running)
+            c.health_word()
         );
     }
     for problem in &r.problems {
@@ -212,7 +257,7 @@ pub fn render_markdown(r: &Report) -> String {
             c.url,
             c.share,
             c.shown_version(),
-            health_word(c.healthy, c.running)
+            c.health_word()
         );
     }
     if !r.problems.is_empty() {
@@ -286,6 +331,7 @@ mod tests {
                     share: 90,
                     running: true,
                     healthy: true,
+                    hung: false,
                     version: Some("v1.0.0".into()),
                     recorded_version: Some("v1.0.0".into()),
                 },
@@ -295,11 +341,13 @@ mod tests {
                     share: 10,
                     running: false,
                     healthy: false,
+                    hung: false,
                     version: None,
                     recorded_version: Some("v1.1.0".into()),
                 },
             ],
             problems: vec!["green takes 10 % of traffic but is not healthy".into()],
+            unrouted: None,
             recent: vec![op],
         }
     }

@@ -5,6 +5,7 @@ use std::{
     cell::{Cell, RefCell},
     collections::BTreeSet,
     rc::Rc,
+    time::Duration,
 };
 
 use anyhow::{bail, Result};
@@ -17,6 +18,7 @@ use super::{
 use crate::{
     config::DeployConfig,
     domain::{Color, DeployState, Operation, Outcome, Request, RouteReading, Split},
+    runtime::HostDir,
     runtime::{
         fake::{Fake, FakeHost},
         routes::Routes,
@@ -116,6 +118,7 @@ impl Harness {
             rt: Box::new(Fake(host.clone())),
             client: super::gates::client().unwrap(),
             checks: Box::new(Shared(checks.clone())),
+            verify_window: Duration::from_millis(200),
         };
         let live = read_live(&ctx).unwrap();
         let generation = route(&ctx, &live, Split::all(Color::Blue)).unwrap();
@@ -250,28 +253,95 @@ fn a_failure_to_install_the_route_changes_nothing_and_records_failed() {
 }
 
 #[test]
-fn a_failure_while_recording_is_reported_and_the_next_operation_follows_the_live_route() {
+fn a_failure_while_recording_swaps_the_old_generation_back_and_the_next_operation_follows_the_live_route(
+) {
     let h = Harness::up();
     h.host.fail("write", STATE_FILE);
     let err = execute(&h.ctx, Request::Switch { to: None }).unwrap_err();
+    let message = format!("{err:#}");
     assert!(
-        format!("{err:#}").contains("record the deploy state"),
-        "{err:#}"
+        message.contains("switch could not record the new state; traffic is back to blue"),
+        "{message}"
     );
-    // Traffic moved; the log says so even though the state file could not be written.
-    assert_eq!(h.routed(), (2, Split::all(Color::Green)));
+    assert!(message.contains("record the deploy state"), "{message}");
+    // All or nothing: traffic is where it was, and the log says what happened.
+    assert_eq!(h.routed(), (1, Split::all(Color::Blue)));
     let log = h.log();
     assert_eq!(
         (log[0].result, log[0].split, log[0].generation),
-        (Outcome::Failed, Split::all(Color::Green), 2)
+        (Outcome::RolledBack, Split::all(Color::Blue), 1)
     );
     assert_eq!(h.recorded().split, Split::all(Color::Blue));
-    // The next operation plans from the live route (green), not from the stale record.
+    // Once the state can be written again, the next operation plans from the live route.
     h.host.heal("write", STATE_FILE);
     let state = execute(&h.ctx, Request::Switch { to: None }).unwrap();
+    assert_eq!(state.split, Split::all(Color::Green));
+    assert_eq!(state.previous.unwrap().split, Split::all(Color::Blue));
+    assert_eq!(h.routed(), (3, Split::all(Color::Green)));
+}
+
+#[test]
+fn a_missing_route_generation_is_repaired_to_the_recorded_intent_and_logged() {
+    let h = Harness::up();
+    execute(&h.ctx, Request::Switch { to: None }).unwrap();
+    // A cleanup removes the active generation: nginx falls back to blue.
+    h.host.nodes.borrow_mut().remove("routes/current");
+    assert_eq!(h.routed(), (0, Split::all(Color::Blue)));
+    // Asking for green (the recorded intent) repairs and then has nothing left to do.
+    let state = execute(
+        &h.ctx,
+        Request::Switch {
+            to: Some(Color::Green),
+        },
+    )
+    .unwrap();
+    assert_eq!(state.split, Split::all(Color::Green));
+    assert_eq!(h.routed(), (3, Split::all(Color::Green)));
+    let log = h.log();
+    let repair = &log[log.len() - 2];
+    assert_eq!(
+        (
+            repair.operation.as_str(),
+            repair.result,
+            repair.from,
+            repair.split
+        ),
+        (
+            "repair",
+            Outcome::Ok,
+            Split::all(Color::Blue),
+            Split::all(Color::Green)
+        )
+    );
+    assert!(
+        repair.reason.as_deref().unwrap().contains("no `current`"),
+        "{repair:?}"
+    );
+    assert_eq!(log.last().unwrap().result, Outcome::Noop);
+    // The recorded state names the new generation and keeps its rollback target.
+    assert_eq!(h.recorded().generation, 3);
+    assert_eq!(
+        h.recorded().previous.unwrap().split,
+        Split::all(Color::Blue)
+    );
+}
+
+#[test]
+fn a_corrupt_state_file_is_rebuilt_from_the_live_route() {
+    let h = Harness::up();
+    execute(&h.ctx, Request::Switch { to: None }).unwrap();
+    h.host.write(STATE_FILE, "{ not json").unwrap();
+    let live = read_live(&h.ctx).unwrap();
+    assert!(live
+        .recovered
+        .as_deref()
+        .unwrap()
+        .contains("cannot be read"));
+    assert_eq!(live.state(&h.ctx.config).split, Split::all(Color::Green));
+    // The next operation works from the live route and writes a good state again.
+    let state = execute(&h.ctx, Request::Switch { to: None }).unwrap();
     assert_eq!(state.split, Split::all(Color::Blue));
-    assert_eq!(state.previous.unwrap().split, Split::all(Color::Green));
-    assert_eq!(h.routed(), (3, Split::all(Color::Blue)));
+    assert_eq!(h.recorded(), state);
 }
 
 #[test]
@@ -296,6 +366,7 @@ fn nothing_deployed_is_refused_before_any_record() {
         rt: Box::new(Fake(host.clone())),
         client: super::gates::client().unwrap(),
         checks: Box::new(super::gates::Http(super::gates::client().unwrap())),
+        verify_window: Duration::from_millis(200),
     };
     let err = execute(&ctx, Request::Switch { to: None }).unwrap_err();
     assert!(

@@ -9,6 +9,8 @@
 //! 4. start nginx with the static config given (or the rendered one); a running nginx with a
 //!    different config gets it only after `nginx -t` passes, else the old config stays;
 //! 5. record the state and one operation log line; print where each part answers.
+//!
+//! A failed `up` leaves nothing it started running (see [`up`]).
 
 use std::time::Instant;
 
@@ -32,11 +34,56 @@ pub struct UpRequest {
     pub nginx_conf: Option<String>,
 }
 
-/// Brings the deployment up as asked.
+/// Brings the deployment up as asked. A failed `up` leaves nothing it started: on a fresh
+/// deployment it takes everything down again; on a running one it stops only the colors that
+/// were not running before it.
 pub fn up(ctx: &Deployment, request: &UpRequest) -> Result<()> {
     let live = read_live(ctx)?;
+    let fresh = live.recorded.is_none() && live.reading == RouteReading::Missing;
+    let mut started = Vec::new();
+    let result = bring_up(ctx, request, &live, &mut started);
+    if let Err(err) = result {
+        return Err(clean_up(ctx, fresh, &started, err));
+    }
+    Ok(())
+}
+
+/// Undoes what a failed `up` started; returns the error with what was undone.
+fn clean_up(ctx: &Deployment, fresh: bool, started: &[Color], err: anyhow::Error) -> anyhow::Error {
+    if fresh {
+        crate::say!("up failed: stopping everything it started…");
+        return match ctx.rt.down() {
+            Ok(()) => err.context("up failed; everything it started is stopped again"),
+            Err(again) => err.context(format!(
+                "up failed, and stopping what it started failed too ({again:#}): run `cargo xtask down`"
+            )),
+        };
+    }
+    let mut stopped = Vec::new();
+    for &color in started {
+        match ctx.rt.stop_color(color) {
+            Ok(()) => stopped.push(color.to_string()),
+            Err(again) => crate::say!("warning: could not stop {color}: {again:#}"),
+        }
+    }
+    if stopped.is_empty() {
+        err.context("up failed; what was running before it still runs")
+    } else {
+        err.context(format!(
+            "up failed; stopped what it started ({}), what was running before it still runs",
+            stopped.join(", ")
+        ))
+    }
+}
+
+fn bring_up(
+    ctx: &Deployment,
+    request: &UpRequest,
+    live: &super::Live,
+    started: &mut Vec<Color>,
+) -> Result<()> {
     let mut state = live.state(&ctx.config);
-    let mut rec = Recorder::new(ctx, "up", &live, &state.versions);
+    let mut rec = Recorder::new(ctx, "up", live, &state.versions);
     let wanted = |color: Color, asked: &Option<String>| {
         asked
             .clone()
@@ -51,15 +98,18 @@ pub fn up(ctx: &Deployment, request: &UpRequest) -> Result<()> {
         (Color::Blue, wanted(Color::Blue, &request.blue)),
         (Color::Green, wanted(Color::Green, &request.green)),
     ] {
+        if !ctx.rt.is_running(Part::Color(color))? {
+            started.push(color);
+        }
         start_color(ctx, color, &version)?;
         state.versions.insert(color, version);
     }
 
-    if live.reading == RouteReading::Missing {
-        let generation =
-            route(ctx, &live, live.split).context("create the first route generation")?;
+    if !matches!(live.reading, RouteReading::Active { .. }) {
+        // A fresh deployment starts all blue; a recorded one gets its recorded split back.
+        let generation = route(ctx, live, state.split).context("create the route generation")?;
         state.generation = generation;
-        crate::say!("routing {} (route generation {generation})", live.split);
+        crate::say!("routing {} (route generation {generation})", state.split);
     }
 
     let conf = match &request.nginx_conf {

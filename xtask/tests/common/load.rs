@@ -52,6 +52,8 @@ pub struct Tally {
     /// Connections given up after a response that announced `Connection: close`.
     pub polite_closes: usize,
     pub elapsed: Duration,
+    /// How long each request took, succeeded or failed.
+    pub latencies: Vec<Duration>,
 }
 
 impl Tally {
@@ -70,6 +72,7 @@ impl Tally {
         self.polite_closes += other.polite_closes;
         self.errors.extend(other.errors);
         self.errors.truncate(KEPT_ERRORS);
+        self.latencies.extend(other.latencies);
         for (into, from) in [
             (&mut self.reasons, other.reasons),
             (&mut self.versions, other.versions),
@@ -79,6 +82,19 @@ impl Tally {
                 *into.entry(key).or_insert(0) += n;
             }
         }
+    }
+
+    /// The slowest request.
+    pub fn max_latency(&self) -> Duration {
+        self.latencies.iter().copied().max().unwrap_or_default()
+    }
+
+    /// The latency below which `percent` % of the requests took.
+    pub fn percentile(&self, percent: usize) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        let rank = (sorted.len() * percent).div_ceil(100).max(1);
+        sorted.get(rank - 1).copied().unwrap_or_default()
     }
 
     /// Panics unless no request failed and some succeeded.
@@ -98,12 +114,14 @@ impl fmt::Display for Tally {
         write!(
             f,
             "load: {} ok, {} failed in {secs:.1} s ({:.0} req/s) over {} connections \
-             ({} closed politely by the balancer), versions {:?}, served by {:?}",
+             ({} closed politely by the balancer), p99 {:.1} ms, max {:.1} ms, versions {:?}, served by {:?}",
             self.ok,
             self.failed,
             self.ok as f64 / secs,
             self.connections,
             self.polite_closes,
+            self.percentile(99).as_secs_f64() * 1000.0,
+            self.max_latency().as_secs_f64() * 1000.0,
             self.versions,
             self.served_by
         )?;
@@ -223,32 +241,34 @@ fn client(addr: &str, stop: &AtomicBool, ok: &AtomicUsize, failed: &AtomicUsize)
             },
         };
         sent += 1;
-        let outcome =
-            match http::exchange(stream, addr, "POST", "/predict", Some(PREDICT_BODY), false) {
-                Err(e) => {
-                    // Whatever state the connection is in, the next request gets a new one.
+        let began = Instant::now();
+        let exchanged = http::exchange(stream, addr, "POST", "/predict", Some(PREDICT_BODY), false);
+        tally.latencies.push(began.elapsed());
+        let outcome = match exchanged {
+            Err(e) => {
+                // Whatever state the connection is in, the next request gets a new one.
+                conn = None;
+                Err(if sent > 1 {
+                    format!("{e} (on a kept-alive connection)")
+                } else {
+                    format!("{e} (first request on a new connection)")
+                })
+            }
+            Ok(response) => {
+                if response.closes {
+                    tally.polite_closes += 1;
                     conn = None;
-                    Err(if sent > 1 {
-                        format!("{e} (on a kept-alive connection)")
-                    } else {
-                        format!("{e} (first request on a new connection)")
-                    })
                 }
-                Ok(response) => {
-                    if response.closes {
-                        tally.polite_closes += 1;
-                        conn = None;
-                    }
-                    let text = response.text();
-                    if response.status != 200 {
-                        Err(format!("status {}: {}", response.status, cut(text.trim())))
-                    } else if !text.contains(EXPECTED_CLASS) {
-                        Err(format!("wrong answer: {}", cut(text.trim())))
-                    } else {
-                        Ok(response)
-                    }
+                let text = response.text();
+                if response.status != 200 {
+                    Err(format!("status {}: {}", response.status, cut(text.trim())))
+                } else if !text.contains(EXPECTED_CLASS) {
+                    Err(format!("wrong answer: {}", cut(text.trim())))
+                } else {
+                    Ok(response)
                 }
-            };
+            }
+        };
         match outcome {
             Ok(response) => {
                 tally.ok += 1;

@@ -130,6 +130,36 @@ impl Deployment {
         serde_json::from_str(&self.ok(&["status", "--json"])).expect("status --json is JSON")
     }
 
+    /// `status --json` whether it succeeds or not: (succeeded, the report, stderr).
+    pub fn status_anyway(&self) -> (bool, Value, String) {
+        let out = self.run(&["status", "--json"]);
+        let report = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+        (
+            out.status.success(),
+            report,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Sets `key = value` in the deploy configuration's `[table]` (before `up`).
+    pub fn configure(&self, table: &str, key: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let header = format!("[{table}]\n");
+        assert!(text.contains(&header), "no [{table}] in {text}");
+        let text = text.replacen(&header, &format!("{header}{key} = {value}\n"), 1);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to a color's process.
+    pub fn signal(&self, color: &str, signal: &str) {
+        let pid = self.pid(color).to_string();
+        assert!(Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
     /// Asserts `status` reports this split (percent to blue, to green); returns the status.
     pub fn assert_split(&self, blue: u32, green: u32) -> Value {
         let status = self.status();

@@ -158,6 +158,7 @@ impl Runtime for Compose {
         params.green = format!("{}:{CONTAINER_PORT}", self.addresses.green);
         params.route_dir = format!("{STATE_DIR}/routes");
         params.buckets = self.config.balancer.buckets;
+        params.read_timeout_secs = self.config.balancer.read_timeout.as_secs();
         // /tmp exists in every nginx image; nginx creates its temp folders directly under it.
         params.temp_dir = "/tmp".to_owned();
         params
@@ -212,7 +213,7 @@ impl Runtime for Compose {
                         self.describe(Part::Balancer)?
                     );
                 }
-                http::balancer_answers(&client, &url)
+                http::balancer_responds(&client, &url)
             },
         )
         .with_context(|| {

@@ -176,7 +176,10 @@ impl HostDir for Local {
             std::process::id(),
             now_rfc3339()
         );
-        self.write("lock.holder", &who)?;
+        // Only a description for others: on a full disk, `down` must still be able to run.
+        if let Err(err) = self.write("lock.holder", &who) {
+            crate::say!("warning: could not note the lock's holder ({err:#}); going on");
+        }
         Ok(Box::new(file))
     }
 }

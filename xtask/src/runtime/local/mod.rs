@@ -4,8 +4,9 @@
 //! - `nginx/`: nginx's prefix (`nginx.conf`, `nginx.pid`, `logs/`, `temp/`); nginx runs as a
 //!   daemon started with `-p <state>/nginx/ -c <state>/nginx/nginx.conf -e <error log>`, so no
 //!   root-owned path is touched;
-//! - `blue.pid`, `blue.log`, `green.pid`, `green.log`: the colors' processes, started in their
-//!   own process group so they outlive the `cargo xtask` that started them;
+//! - `blue.pid`, `green.pid`: the colors' processes, started in their own process group so they
+//!   outlive the `cargo xtask` that started them; `<color>.log` (+ `.log.1`): each one's request
+//!   log, written by the service itself and capped; `<color>.out`: its stdout and stderr;
 //! - `routes/`, `state.json`, `operations.jsonl`, `lock`: the host state directory (see
 //!   [`super`]).
 //!
@@ -34,6 +35,8 @@ mod dir;
 use super::{HostDir, Part, Runtime};
 use crate::{config::DeployConfig, domain::Color, host, nginx::NginxParams, util};
 
+/// The cap on each color's request log (and its one rotated file), in bytes.
+const LOG_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// How long a stopping process may take before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -259,6 +262,7 @@ impl Runtime for Local {
             error_log: s("nginx/logs/error.log"),
             access_log: s("nginx/logs/access.log"),
             temp_dir: s("nginx/temp"),
+            read_timeout_secs: self.config.balancer.read_timeout.as_secs(),
         }
     }
 
@@ -303,17 +307,22 @@ impl Runtime for Local {
         let bin = self.service_bin()?;
         self.ensure_dirs()?;
         self.stop_color(color)?;
+        // The service writes its request log itself, capped and rotated (`LOG_FILE`,
+        // `LOG_MAX_BYTES`), off the request path, so a full disk costs log lines, never
+        // requests. Its stdout and stderr (start-up errors, a panic) go to `<color>.out`.
         let log_path = self.log_file(Part::Color(color));
-        let mut log = OpenOptions::new()
+        let out_path = self.path(&format!("{color}.out"));
+        let mut out = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log_path)
-            .context("open the color's log")?;
-        writeln!(
-            log,
+            .open(&out_path)
+            .context("open the color's output file")?;
+        // A marker between runs; on a full disk it is simply missing.
+        let _ = writeln!(
+            out,
             "--- {} starting {color} with {version}",
             util::now_rfc3339()
-        )?;
+        );
         let port = self.config.color(color).port.to_string();
         // A detached child (own process group, no inherited terminal or pipes): it keeps serving
         // after this command returns. xshell cannot spawn without waiting, hence `Command`.
@@ -322,9 +331,11 @@ impl Runtime for Local {
             .env("MODEL_VERSION", version)
             .env("PORT", &port)
             .env("HOST", "127.0.0.1")
+            .env("LOG_FILE", &log_path)
+            .env("LOG_MAX_BYTES", LOG_MAX_BYTES.to_string())
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+            .stdout(out.try_clone()?)
+            .stderr(out)
             .process_group(0)
             .spawn()
             .with_context(|| format!("start {} for {color}", bin.display()))?;
@@ -350,8 +361,20 @@ impl Runtime for Local {
     }
 
     fn logs(&self, part: Part, lines: usize) -> Result<String> {
-        let text = fs::read_to_string(self.log_file(part)).unwrap_or_default();
-        Ok(util::last_lines(&text, lines))
+        let tail =
+            |path: PathBuf| util::last_lines(&fs::read_to_string(path).unwrap_or_default(), lines);
+        let mut text = tail(self.log_file(part));
+        if let Part::Color(color) = part {
+            // Start-up errors and panics are on the process's own output.
+            let out = tail(self.path(&format!("{color}.out")));
+            if !out.trim().is_empty() {
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(&out);
+            }
+        }
+        Ok(text)
     }
 
     fn down(&self) -> Result<()> {
@@ -375,6 +398,10 @@ impl Runtime for Local {
             "lock.holder",
             "blue.log",
             "green.log",
+            "blue.log.1",
+            "green.log.1",
+            "blue.out",
+            "green.out",
             "blue.pid",
             "green.pid",
         ] {
