@@ -35,6 +35,8 @@ pub mod defaults {
     pub const COMPOSE_SUBNET: &str = "172.30.77.0/24";
     pub const HEALTHY_SECS: u64 = 30;
     pub const LOCK_SECS: u64 = 30;
+    pub const TESTERS_HEADER: &str = "X-Deploy-Color";
+    pub const TESTERS_COOKIE: &str = "deploy_color";
     /// The most buckets `split_clients` can express: shares are hundredths of a percent.
     pub const MAX_BUCKETS: u16 = 10_000;
 }
@@ -48,6 +50,7 @@ pub struct DeployConfig {
     pub local: Local,
     pub compose: Compose,
     pub timeouts: Timeouts,
+    pub testers: Testers,
 }
 
 /// `[balancer]`: nginx.
@@ -85,6 +88,20 @@ pub struct Compose {
     pub image: String,
     pub nginx_image: String,
     pub subnet: String,
+}
+
+/// `[testers]`: a request naming a color in a header or a cookie reaches that color whatever
+/// the split, so people can try the standby through the public address before a switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Testers {
+    pub enabled: bool,
+    /// The request header naming the color (`X-Deploy-Color: green`).
+    pub header: String,
+    /// The cookie naming the color (`deploy_color=green`); the header wins when both are there.
+    pub cookie: String,
+    /// When not empty, the request must also carry it (`X-Deploy-Token` header or
+    /// `deploy_token` cookie), so the public cannot pick the untested color.
+    pub token: String,
 }
 
 /// `[timeouts]`, in seconds in the file.
@@ -141,6 +158,12 @@ impl Default for DeployConfig {
             timeouts: Timeouts {
                 healthy: Duration::from_secs(HEALTHY_SECS),
                 lock: Duration::from_secs(LOCK_SECS),
+            },
+            testers: Testers {
+                enabled: false,
+                header: TESTERS_HEADER.into(),
+                cookie: TESTERS_COOKIE.into(),
+                token: String::new(),
             },
         }
     }
@@ -222,6 +245,12 @@ pub fn parse(text: &str) -> Result<DeployConfig> {
                 3600,
             )?),
         },
+        testers: Testers {
+            enabled: boolean(&doc, "testers", "enabled", d.testers.enabled)?,
+            header: name(&doc, "testers", "header", &d.testers.header, '-')?,
+            cookie: name(&doc, "testers", "cookie", &d.testers.cookie, '_')?,
+            token: token(&doc)?,
+        },
     };
     let ports = [
         ("balancer.port", config.balancer.port),
@@ -246,6 +275,54 @@ fn item<'a>(doc: &'a DocumentMut, table: &str, key: &str) -> Result<Option<&'a I
         bail!("`{table}` must be a table (`[{table}]`)");
     }
     Ok(t.get(key).filter(|item| !item.is_none()))
+}
+
+fn boolean(doc: &DocumentMut, table: &str, key: &str, default: bool) -> Result<bool> {
+    let Some(item) = item(doc, table, key)? else {
+        return Ok(default);
+    };
+    item.as_bool().with_context(|| {
+        format!(
+            "`{table}.{key}` must be true or false, found `{}`",
+            item.to_string().trim()
+        )
+    })
+}
+
+/// A header or cookie name: letters, digits and `separator`, so nginx can name its variable.
+fn name(
+    doc: &DocumentMut,
+    table: &str,
+    key: &str,
+    default: &str,
+    separator: char,
+) -> Result<String> {
+    let value = string(doc, table, key, default)?;
+    if value.is_empty()
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == separator)
+    {
+        bail!("`{table}.{key}` = {value:?}: use letters, digits and `{separator}`");
+    }
+    Ok(value)
+}
+
+/// The testers' token: empty (none), or at least 16 characters a header and a cookie carry as
+/// they are.
+fn token(doc: &DocumentMut) -> Result<String> {
+    let value = string(doc, "testers", "token", "")?;
+    if !value.is_empty()
+        && (value.len() < 16
+            || !value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~')))
+    {
+        bail!(
+            "`testers.token`: use at least 16 letters, digits, `-`, `_`, `.` or `~` (e.g. the output of `openssl rand -hex 16`), or leave the key out for no token"
+        );
+    }
+    Ok(value)
 }
 
 fn int(doc: &DocumentMut, table: &str, key: &str, default: u64, min: u64, max: u64) -> Result<u64> {
@@ -323,6 +400,33 @@ mod tests {
         );
         assert_eq!(config.green.version, "v2.0.0");
         assert_eq!(config.green.port, defaults::GREEN_PORT);
+    }
+
+    #[test]
+    fn testers_are_off_by_default_and_checked_when_set() {
+        assert!(!DeployConfig::default().testers.enabled);
+        let config =
+            parse("[testers]\nenabled = true\nheader = \"X-Try\"\ntoken = \"0123456789abcdef\"\n")
+                .unwrap();
+        assert_eq!(
+            config.testers,
+            Testers {
+                enabled: true,
+                header: "X-Try".into(),
+                cookie: defaults::TESTERS_COOKIE.into(),
+                token: "0123456789abcdef".into(),
+            }
+        );
+        for (text, message) in [
+            ("[testers]\nenabled = 1", "must be true or false"),
+            ("[testers]\nheader = \"X Try\"", "`testers.header`"),
+            ("[testers]\ncookie = \"a;b\"", "`testers.cookie`"),
+            ("[testers]\ntoken = \"short\"", "at least 16"),
+            ("[testers]\ntoken = \"has a space in it!!\"", "at least 16"),
+        ] {
+            let err = format!("{:#}", parse(text).unwrap_err());
+            assert!(err.contains(message), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -241,6 +241,11 @@ pub struct Smoke {
     /// The balancer's base URL; the deploy configuration's when absent.
     #[arg(long)]
     pub url: Option<String>,
+    /// Check one color through the balancer, as a tester: every request names it in the
+    /// testers' header (with the token, when one is set), and only it may answer. Needs
+    /// `[testers] enabled = true` in the deploy configuration.
+    #[arg(long, value_enum)]
+    pub color: Option<Color>,
 }
 
 #[derive(Debug, Args)]

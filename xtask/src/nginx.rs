@@ -15,7 +15,9 @@
 //!    `fail_timeout` in every worker (the upstreams live in a shared `zone`);
 //! 6. the balancer's own health (`/_balancer/health`) answers 503 with the reason when no route
 //!    generation can be read, so a silent fallback to blue is seen by monitors, `status` and
-//!    `smoke`.
+//!    `smoke`;
+//! 7. with `[testers]` enabled, a request naming a color in the testers' header or cookie (and
+//!    carrying the token, when one is set) goes to that color whatever the bucket says.
 //!
 //! Only directives of stock open-source nginx (1.22 in Debian, the official image) are used.
 
@@ -43,7 +45,14 @@ pub struct NginxParams {
     /// The latency budget in seconds (`balancer.read_timeout_secs`): how long nginx waits for a
     /// color's answer before it passes the request to the other color.
     pub read_timeout_secs: u64,
+    /// Tester routing (`[testers]`), when enabled.
+    pub testers: Option<crate::config::Testers>,
 }
+
+/// The header that carries the testers' token.
+pub const TESTER_TOKEN_HEADER: &str = "X-Deploy-Token";
+/// The cookie that carries the testers' token.
+pub const TESTER_TOKEN_COOKIE: &str = "deploy_token";
 
 /// The largest request body the balancer accepts (the service has its own, smaller limit).
 pub const MAX_BODY: &str = "1m";
@@ -69,6 +78,7 @@ impl NginxParams {
             access_log: "/dev/stdout".into(),
             temp_dir: "/tmp/nginx".into(),
             read_timeout_secs: crate::config::defaults::READ_TIMEOUT_SECS,
+            testers: None,
         }
     }
 }
@@ -150,6 +160,9 @@ pub fn render(p: &NginxParams) -> String {
     }
     let _ = writeln!(w, "    }}");
     let _ = writeln!(w);
+    if let Some(testers) = &p.testers {
+        render_testers(w, testers);
+    }
     let _ = writeln!(
         w,
         "    # The color that answered: the last address nginx tried."
@@ -200,6 +213,11 @@ pub fn render(p: &NginxParams) -> String {
     );
     let _ = writeln!(w, "                set $color green;");
     let _ = writeln!(w, "            }}");
+    if p.testers.is_some() {
+        let _ = writeln!(w, "            if ($tester_color) {{");
+        let _ = writeln!(w, "                set $color $tester_color;");
+        let _ = writeln!(w, "            }}");
+    }
     let _ = writeln!(w, "            proxy_pass http://$color;");
     let _ = writeln!(w, "            proxy_http_version 1.1;");
     let _ = writeln!(w, "            proxy_set_header Connection \"\";");
@@ -230,6 +248,55 @@ pub fn render(p: &NginxParams) -> String {
     let _ = writeln!(w, "    }}");
     let _ = writeln!(w, "}}");
     out
+}
+
+/// Tester routing: `$tester_color` is the color a request names in the testers' header (or,
+/// without the header, their cookie), when it also carries the token (if one is set); empty
+/// otherwise. The location then routes to it whatever the bucket says.
+fn render_testers(w: &mut String, t: &crate::config::Testers) {
+    let var = |prefix: &str, name: &str| {
+        format!("${prefix}_{}", name.to_ascii_lowercase().replace('-', "_"))
+    };
+    let (header, cookie) = (var("http", &t.header), var("cookie", &t.cookie));
+    let _ = writeln!(
+        w,
+        "    # Testers: `{}: <color>` (or the cookie `{}`) picks the color, whatever the split.",
+        t.header, t.cookie
+    );
+    let _ = writeln!(w, "    map \"{header}|{cookie}\" $tester_pick {{");
+    let _ = writeln!(w, "        \"~^(?<c>blue|green)\\|\" $c;");
+    let _ = writeln!(w, "        \"~^\\|(?<c>blue|green)$\" $c;");
+    let _ = writeln!(w, "        default \"\";");
+    let _ = writeln!(w, "    }}");
+    if t.token.is_empty() {
+        let _ = writeln!(
+            w,
+            "    map $tester_pick $tester_color {{\n        default $tester_pick;\n    }}"
+        );
+    } else {
+        let (th, tc) = (
+            var("http", TESTER_TOKEN_HEADER),
+            var("cookie", TESTER_TOKEN_COOKIE),
+        );
+        let token = regex_escape(&t.token);
+        let _ = writeln!(
+            w,
+            "    # Only with the token, in `{TESTER_TOKEN_HEADER}` or the cookie `{TESTER_TOKEN_COOKIE}`."
+        );
+        let _ = writeln!(w, "    map \"{th}|{tc}\" $tester_allowed {{");
+        let _ = writeln!(w, "        \"~^{token}\\|\" 1;");
+        let _ = writeln!(w, "        \"~\\|{token}$\" 1;");
+        let _ = writeln!(w, "        default 0;");
+        let _ = writeln!(w, "    }}");
+        let _ = writeln!(
+            w,
+            "    map \"$tester_allowed:$tester_pick\" $tester_color {{"
+        );
+        let _ = writeln!(w, "        \"~^1:(?<c>blue|green)$\" $c;");
+        let _ = writeln!(w, "        default \"\";");
+        let _ = writeln!(w, "    }}");
+    }
+    let _ = writeln!(w);
 }
 
 /// Each bucket's share of requests in hundredths of a percent; the last is `None` (nginx's `*`,
@@ -289,7 +356,34 @@ mod tests {
             access_log: "/srv/mldeploy/nginx/logs/access.log".into(),
             temp_dir: "/srv/mldeploy/nginx/temp".into(),
             read_timeout_secs: 3,
+            testers: None,
         }
+    }
+
+    #[test]
+    fn testers_pick_a_color_with_the_token_only() {
+        let mut p = local_example();
+        assert!(!render(&p).contains("tester"));
+        p.testers = Some(crate::config::Testers {
+            enabled: true,
+            header: "X-Deploy-Color".into(),
+            cookie: "deploy_color".into(),
+            token: "abc-def.0123456789".into(),
+        });
+        let conf = render(&p);
+        for expected in [
+            "map \"$http_x_deploy_color|$cookie_deploy_color\" $tester_pick {",
+            "map \"$http_x_deploy_token|$cookie_deploy_token\" $tester_allowed {",
+            "\"~^abc\\-def\\.0123456789\\|\" 1;",
+            "\"~^1:(?<c>blue|green)$\" $c;",
+            "            if ($tester_color) {\n                set $color $tester_color;\n            }",
+        ] {
+            assert!(conf.contains(expected), "{expected} missing from:\n{conf}");
+        }
+        // The tester's pick comes after the bucket's, so it wins.
+        assert!(
+            conf.find("set $color $tester_color").unwrap() > conf.find("set $color green").unwrap()
+        );
     }
 
     fn check_golden(name: &str, actual: &str) {

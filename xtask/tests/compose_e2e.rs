@@ -68,6 +68,8 @@ fn compose_runtime_end_to_end() {
     stack.ok(&["up"]);
     stack.ok(&["smoke"]);
     assert_eq!(stack.served_version(5), BLUE_VERSION);
+    // Testers reach the standby through the balancer while everyone else stays on blue.
+    stack.ok(&["smoke", "--color", "green"]);
     // `up` again changes nothing.
     stack.ok(&["up"]);
     // A broken static config is refused by `nginx -t` inside the container; the old one stays.

@@ -224,6 +224,7 @@ impl Bench<'_> {
             access_log: s("logs/access.log"),
             temp_dir: s("temp"),
             read_timeout_secs: self.config.balancer.read_timeout.as_secs(),
+            testers: None,
         };
         let routed = nginx::render(&params);
         let classic = strip_routing(&routed, color)?;

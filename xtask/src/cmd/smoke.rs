@@ -10,6 +10,6 @@ impl flags::Smoke {
     pub(crate) fn run(self, sh: &Shell, global: &flags::Global) -> Result<()> {
         let ctx = Deployment::open(sh, global)?;
         let url = self.url.unwrap_or_else(|| ctx.rt.url(Part::Balancer));
-        crate::ops::smoke::smoke(&ctx, &url)
+        crate::ops::smoke::smoke(&ctx, &url, self.color)
     }
 }

@@ -10,43 +10,57 @@
 //!    each with the version the state records for it; for a split, every color expected to take
 //!    at least 10 of the samples appears.
 //!
+//! With `--color`, every request names that color in the testers' header (with the token), and
+//! `versions` expects only that color: a tester's view of the standby before a switch.
+//!
 //! One summary line; exit ≠ 0 when any check fails.
 
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
 
+use reqwest::{
+    blocking::Client,
+    header::{HeaderMap, HeaderName, HeaderValue},
+};
+
 use super::{gates, read_live, Deployment};
-use crate::domain::{DeployState, Split};
+use crate::domain::{Color, DeployState, Split};
 
 /// Requests sampled for the `versions` check.
 pub const SAMPLES: usize = 200;
 /// How far (percentage points) a color's sampled share may stray from the split.
 pub const MAX_SKEW: usize = 15;
 
-/// Runs every check through the balancer at `url`; fails when any fails.
-pub fn smoke(ctx: &Deployment, url: &str) -> Result<()> {
+/// Runs every check through the balancer at `url`; fails when any fails. With `tester`, every
+/// request names that color as a tester would, and only that color may answer.
+pub fn smoke(ctx: &Deployment, url: &str, tester: Option<Color>) -> Result<()> {
     let live = read_live(ctx)?;
     let state = live.state(&ctx.config);
+    let (client, split) = match tester {
+        None => (ctx.client.clone(), live.split),
+        Some(color) => (tester_client(ctx, color)?, Split::all(color)),
+    };
+
     let checks: [(&str, Result<String>); 5] = [
         (
             "balancer",
-            crate::http::balancer_answers(&ctx.client, url)
+            crate::http::balancer_answers(&client, url)
                 .map(|()| "routes a readable generation".into()),
         ),
-        ("health", health(ctx, url)),
+        ("health", health(&client, url)),
         (
             "predictions",
-            gates::golden(&ctx.client, url)
+            gates::golden(&client, url)
                 .map(|()| format!("{} golden rows right", gates::GOLDEN.len())),
         ),
         (
             "bad-input",
-            gates::bad_input(&ctx.client, url).map(|()| "answered 4xx".into()),
+            gates::bad_input(&client, url).map(|()| "answered 4xx".into()),
         ),
         (
             "versions",
-            sample(ctx, url).and_then(|counts| check_versions(&counts, live.split, &state)),
+            sample(&client, url).and_then(|counts| check_versions(&counts, split, &state)),
         ),
     ];
     let mut failed = 0;
@@ -71,18 +85,42 @@ pub fn smoke(ctx: &Deployment, url: &str) -> Result<()> {
     Ok(())
 }
 
-fn health(ctx: &Deployment, url: &str) -> Result<String> {
-    let (status, body) = gates::health(&ctx.client, url)?;
+fn health(client: &Client, url: &str) -> Result<String> {
+    let (status, body) = gates::health(client, url)?;
     let version = gates::check_health(status, &body, None)?;
     Ok(format!("200, {version}"))
 }
 
+/// A client that names `color` in the testers' header on every request, with the token.
+fn tester_client(ctx: &Deployment, color: Color) -> Result<Client> {
+    let testers = &ctx.config.testers;
+    if !testers.enabled {
+        bail!(
+            "--color needs tester routing: set `[testers] enabled = true` in the deploy configuration, then run `cargo xtask up`"
+        );
+    }
+    let mut headers = HeaderMap::new();
+    let header = |value: &str| HeaderValue::from_str(value).context("a tester header value");
+    headers.insert(
+        HeaderName::from_bytes(testers.header.as_bytes()).context("`testers.header`")?,
+        header(color.as_str())?,
+    );
+    if !testers.token.is_empty() {
+        headers.insert(crate::nginx::TESTER_TOKEN_HEADER, header(&testers.token)?);
+    }
+    Client::builder()
+        .default_headers(headers)
+        .timeout(std::time::Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .context("build the tester's HTTP client")
+}
+
 /// Counts answers by (`X-Served-By`, `X-Model-Version`); any non-200 fails.
-fn sample(ctx: &Deployment, url: &str) -> Result<BTreeMap<(String, String), usize>> {
+fn sample(client: &Client, url: &str) -> Result<BTreeMap<(String, String), usize>> {
     let mut counts = BTreeMap::new();
     for _ in 0..SAMPLES {
-        let response = ctx
-            .client
+        let response = client
             .get(format!("{url}/health"))
             .send()
             .context("request through the balancer")?;

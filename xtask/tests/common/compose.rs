@@ -70,7 +70,8 @@ impl Stack {
              [green]\nversion = \"{GREEN_VERSION}\"\nport = {green}\n\
              [local]\nstate_dir = \"{}\"\n\
              [compose]\nproject = \"{project}\"\nimage = \"{image}\"\nsubnet = \"{subnet}\"\n\
-             [timeouts]\nhealthy_secs = 20\nlock_secs = 30\n",
+             [timeouts]\nhealthy_secs = 20\nlock_secs = 30\n\
+             [testers]\nenabled = true\n",
             dir.join("local").display()
         );
         fs::write(dir.join("deploy.toml"), config).unwrap();

@@ -81,6 +81,20 @@ pub fn get(addr: &str, path: &str) -> Result<Response, String> {
     exchange(&mut connect(addr)?, addr, "GET", path, None, true)
 }
 
+/// `GET path` with extra request headers, on a connection of its own.
+pub fn get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
+    let mut conn = connect(addr)?;
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    conn.get_mut()
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("write the request: {e}"))?;
+    read_response(&mut conn)
+}
+
 /// Reads one response; every way it can go wrong is an error naming the stage.
 pub fn read_response(conn: &mut BufReader<TcpStream>) -> Result<Response, String> {
     let mut line = String::new();

@@ -143,9 +143,11 @@ impl Deployment {
 
     /// Sets `key = value` in the deploy configuration's `[table]` (before `up`).
     pub fn configure(&self, table: &str, key: &str, value: &str) {
-        let text = std::fs::read_to_string(&self.config).unwrap();
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
         let header = format!("[{table}]\n");
-        assert!(text.contains(&header), "no [{table}] in {text}");
+        if !text.contains(&header) {
+            text = format!("{text}{header}");
+        }
         let text = text.replacen(&header, &format!("{header}{key} = {value}\n"), 1);
         std::fs::write(&self.config, text).unwrap();
     }

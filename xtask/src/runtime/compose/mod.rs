@@ -159,6 +159,11 @@ impl Runtime for Compose {
         params.route_dir = format!("{STATE_DIR}/routes");
         params.buckets = self.config.balancer.buckets;
         params.read_timeout_secs = self.config.balancer.read_timeout.as_secs();
+        params.testers = self
+            .config
+            .testers
+            .enabled
+            .then(|| self.config.testers.clone());
         // /tmp exists in every nginx image; nginx creates its temp folders directly under it.
         params.temp_dir = "/tmp".to_owned();
         params

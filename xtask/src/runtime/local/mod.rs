@@ -263,6 +263,11 @@ impl Runtime for Local {
             access_log: s("nginx/logs/access.log"),
             temp_dir: s("nginx/temp"),
             read_timeout_secs: self.config.balancer.read_timeout.as_secs(),
+            testers: self
+                .config
+                .testers
+                .enabled
+                .then(|| self.config.testers.clone()),
         }
     }
 
