@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{http, wait_until, Deployment};
+use common::{http, Deployment};
 
 #[test]
 fn a_switch_that_fails_verification_through_the_balancer_swaps_the_old_generation_back() {
@@ -31,13 +31,15 @@ fn a_switch_that_fails_verification_through_the_balancer_swaps_the_old_generatio
     std::fs::write(&conf, miswired).unwrap();
     d.ok(&["up", "--nginx-conf", conf.to_str().unwrap()]);
     let balancer = format!("127.0.0.1:{}", d.ports[0]);
-    // Old workers may still accept a connection or two after the reload: wait until twenty
-    // fresh connections in a row reach new ones.
-    wait_until("every worker answers with the miswired config", || {
-        (0..20).all(|_| {
-            http::get(&balancer, "/health").is_ok_and(|r| r.header("x-config") == "miswired")
-        })
-    });
+    // `up` returns once nginx's old workers are gone: every new connection gets the new config.
+    for _ in 0..20 {
+        let health = http::get(&balancer, "/health").unwrap();
+        assert_eq!(
+            health.header("x-config"),
+            "miswired",
+            "an old worker answered"
+        );
+    }
 
     let out = d.fails(&["switch"]);
     assert!(

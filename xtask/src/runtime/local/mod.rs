@@ -37,6 +37,8 @@ use crate::{config::DeployConfig, domain::Color, host, nginx::NginxParams, util}
 
 /// The cap on each color's request log (and its one rotated file), in bytes.
 const LOG_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// How long `apply_config` waits for nginx's old workers to go after a reload.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopping process may take before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -419,7 +421,8 @@ impl Runtime for Local {
     fn apply_config(&self, nginx_conf: &str) -> Result<()> {
         self.ensure_dirs()?;
         self.install_config(nginx_conf)?;
-        if self.live_pid(Part::Balancer).is_some() {
+        if let Some(master) = self.live_pid(Part::Balancer) {
+            let old = workers(master);
             let (sh, nginx) = (&self.sh, self.nginx()?);
             let (prefix, conf, err) = (self.prefix_arg(), self.conf_path(), self.error_log());
             cmd!(sh, "{nginx} -s reload -p {prefix} -c {conf} -e {err}")
@@ -427,6 +430,22 @@ impl Runtime for Local {
                 .ignore_stdout()
                 .run()
                 .context("reload nginx")?;
+            // The reload is asynchronous: until the old workers are gone, a new connection may
+            // still meet the old config. Wait for that, so the caller's next request sees the
+            // new one; workers busy with long requests only earn a note.
+            let replaced = util::poll("nginx's new workers", RELOAD_TIMEOUT, || {
+                let now = workers(master);
+                if now.is_empty() || now.iter().any(|pid| old.contains(pid)) {
+                    bail!("old workers still running");
+                }
+                Ok(())
+            });
+            if replaced.is_err() {
+                crate::say!(
+                    "note: nginx's old workers are still finishing requests after {} s; new connections get the new config",
+                    RELOAD_TIMEOUT.as_secs()
+                );
+            }
         }
         Ok(())
     }
@@ -434,6 +453,27 @@ impl Runtime for Local {
     fn current_config(&self) -> Result<Option<String>> {
         self.read("nginx/nginx.conf")
     }
+}
+
+/// The live children of `master` (nginx's workers).
+fn workers(master: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let mut fields = stat
+                    .rsplit_once(')')
+                    .map_or("", |(_, rest)| rest)
+                    .split_whitespace();
+                let state = fields.next();
+                let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+                ppid == Some(master) && !matches!(state, Some("Z" | "X"))
+            })
+        })
+        .collect()
 }
 
 /// Whether `pid` is a live (not zombie) process whose command line mentions `expected`.
