@@ -1,7 +1,9 @@
 //! The one error type of the HTTP layer: every failure becomes a status and `{"error": "..."}`.
 //!
 //! Client mistakes carry their detail; there is no internal error path in request handling
-//! (prediction cannot fail once a model is loaded), so nothing here hides a 5xx.
+//! (once a model is loaded, prediction only refuses rows outside the accepted range, a 422), so
+//! nothing here hides a 5xx. The few requests that hyper refuses before any of this code runs
+//! are listed in [`crate::server`].
 
 use axum::{
     http::{header, HeaderValue, StatusCode},

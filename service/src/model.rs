@@ -5,7 +5,13 @@
 //! 2. read `metadata.json`, then the model file, and compare the model's sha256 with the metadata's;
 //! 3. check the expected version (`MODEL_VERSION`) against the metadata's;
 //! 4. parse the fitted `linfa-logistic` model and extract its weights and intercepts, so that a
-//!    prediction is twelve multiply-adds and a softmax instead of a matrix product.
+//!    prediction is twelve multiply-adds and a softmax instead of a matrix product;
+//! 5. check that every row within the accepted range ([`FEATURE_LIMIT`]) gives finite logits.
+//!
+//! Predicting refuses a row with a feature outside `[-FEATURE_LIMIT, FEATURE_LIMIT]`
+//! ([`OutOfRange`], which names the feature and the range); within it, step 5 guarantees finite
+//! logits and the softmax subtracts the largest logit before `exp`, so every probability is a
+//! finite number in `[0, 1]` and they sum to 1. No answer can carry a NaN or an infinity.
 
 use std::{
     fmt,
@@ -20,6 +26,14 @@ use sha2::{Digest, Sha256};
 pub const N_FEATURES: usize = 4;
 /// The number of classes (setosa, versicolor, virginica).
 pub const N_CLASSES: usize = 3;
+/// The largest magnitude a feature may have. Far beyond any flower (the features are in cm), and
+/// chosen so that the linear part cannot overflow: with weights summing to less than about 1e8
+/// per class (Iris models have single digits), `intercept + x · W` stays finite. [`Model::load`]
+/// refuses a model for which that is not so. Every FP32 value is within it.
+pub const FEATURE_LIMIT: f64 = 1e300;
+/// The features' names, in input order.
+pub const FEATURE_NAMES: [&str; N_FEATURES] =
+    ["sepal length", "sepal width", "petal length", "petal width"];
 /// The model file's name inside a version folder.
 pub const MODEL_FILE: &str = "model.json";
 /// The metadata file's name inside a version folder.
@@ -148,6 +162,31 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
+/// Whether `value` lies in `[-limit, limit]`; NaN lies in no range.
+pub fn within(value: f64, limit: f64) -> bool {
+    value.abs() <= limit
+}
+
+/// A row the model refuses: a feature outside `[-FEATURE_LIMIT, FEATURE_LIMIT]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutOfRange {
+    /// The feature's index (0 to 3).
+    pub feature: usize,
+    pub value: f64,
+}
+
+impl fmt::Display for OutOfRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "feature {} ({}) is {:e}, outside the accepted range [{:e}, {:e}]",
+            self.feature, FEATURE_NAMES[self.feature], self.value, -FEATURE_LIMIT, FEATURE_LIMIT
+        )
+    }
+}
+
+impl std::error::Error for OutOfRange {}
+
 /// One prediction: the class index and the probability of each class.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Prediction {
@@ -243,6 +282,20 @@ impl Model {
         {
             return Err("the parameters contain a non-finite number".to_owned());
         }
+        // The largest |logit| any row within the accepted range can give; half of f64::MAX
+        // leaves room for the rounding of the five-term sum.
+        let worst = (0..N_CLASSES)
+            .map(|k| {
+                let weights: f64 = weights.iter().map(|w| w[k].abs()).sum();
+                intercept[k].abs() + FEATURE_LIMIT * weights
+            })
+            .fold(0.0, f64::max);
+        if worst > f64::MAX / 2.0 {
+            return Err(format!(
+                "the weights are so large that features within the accepted range [{:e}, {FEATURE_LIMIT:e}] could overflow the logits",
+                -FEATURE_LIMIT
+            ));
+        }
         Ok(Model {
             metadata,
             weights,
@@ -263,21 +316,31 @@ impl Model {
         &self.metadata.class_labels[class]
     }
 
-    /// Softmax over `intercept + x · W`, with the maximum subtracted first so that large inputs
-    /// cannot overflow. The class is the most probable one (the first on a tie).
-    pub fn predict(&self, x: &[f64; N_FEATURES]) -> Prediction {
+    /// Softmax over `intercept + x · W`, with the largest logit subtracted before `exp` so that
+    /// nothing overflows. The class is the most probable one (the first on a tie). Refuses a
+    /// row with a feature outside `[-FEATURE_LIMIT, FEATURE_LIMIT]` (NaN included).
+    pub fn predict(&self, x: &[f64; N_FEATURES]) -> Result<Prediction, OutOfRange> {
+        if let Some(feature) = x.iter().position(|&v| !within(v, FEATURE_LIMIT)) {
+            return Err(OutOfRange {
+                feature,
+                value: x[feature],
+            });
+        }
         let mut z = self.intercept;
         for (xj, wj) in x.iter().zip(&self.weights) {
             for (zk, wjk) in z.iter_mut().zip(wj) {
                 *zk += xj * wjk;
             }
         }
+        // Finite by the check in `from_fitted`: |z| <= f64::MAX / 2, so `zk - max` is too.
+        debug_assert!(z.iter().all(|v| v.is_finite()), "logits {z:?} for {x:?}");
         let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let mut sum = 0.0;
         for zk in &mut z {
             *zk = (*zk - max).exp();
             sum += *zk;
         }
+        // `sum` is at least 1: the largest logit contributes exp(0).
         let mut class = 0;
         for k in 0..N_CLASSES {
             z[k] /= sum;
@@ -285,10 +348,10 @@ impl Model {
                 class = k;
             }
         }
-        Prediction {
+        Ok(Prediction {
             class,
             probabilities: z,
-        }
+        })
     }
 }
 

@@ -8,6 +8,23 @@
 //!
 //! Every response passes through `observe`: it adds `X-Model-Version` and `X-Request-Id`,
 //! counts the request in the metrics and logs one line.
+//!
+//! # What hyper refuses before the application sees a request
+//!
+//! hyper parses each request head before axum gets the request. A head it cannot parse gets
+//! hyper's own answer: a status line, `connection: close`, `content-length: 0`, no
+//! `{"error": ...}` body, no `X-Model-Version`, no metrics, no log line. hyper 1.x has no hook
+//! for that answer (its server role builds a bare head in `on_error` and writes it itself), so
+//! these stay as they are; `tests/server.rs` pins them on the real binary:
+//! - 400: a garbage request line (method, target or version), a malformed header line, a
+//!   `Content-Length` that is not a non-negative decimal number or that disagrees with another
+//!   one, a `Transfer-Encoding` on an HTTP/1.0 request;
+//! - 414: a request target longer than 65,534 bytes;
+//! - 431: a head of more than 100 headers or larger than hyper's read buffer (~400 KiB).
+//!
+//! Rewriting hyper's bytes on the socket could add a body, but would depend on the exact text
+//! hyper writes; not worth it for requests no client library sends. Everything hyper accepts,
+//! a chunked body with a bad chunk included, gets the JSON error body of [`crate::error`].
 
 use std::{
     future::{Future, IntoFuture},

@@ -86,12 +86,34 @@ impl AppState {
         }))
     }
 
-    /// Predicts one row and counts the predicted class in the metrics, as every prediction
-    /// endpoint must.
-    pub fn predict(&self, row: &[f64; N_FEATURES]) -> Prediction {
-        let p = self.model.predict(row);
+    /// Predicts one row and counts its class in the metrics, as every prediction endpoint
+    /// must. A row out of the accepted range gets a 422 that names the feature and the range.
+    pub fn predict(&self, row: &[f64; N_FEATURES]) -> Result<Prediction, ApiError> {
+        let p = self
+            .model
+            .predict(row)
+            .map_err(|err| ApiError::unprocessable(err.to_string()))?;
         self.metrics.count_prediction(p.class);
-        p
+        Ok(p)
+    }
+
+    /// Predicts every row, or none: the first row out of the accepted range refuses the whole
+    /// request with a 422 that names the row, the feature and the range. The classes are
+    /// counted only when every row was answered.
+    pub fn predict_all(&self, rows: &[[f64; N_FEATURES]]) -> Result<Vec<Prediction>, ApiError> {
+        let predictions = rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                self.model
+                    .predict(row)
+                    .map_err(|err| ApiError::unprocessable(format!("row {i}: {err}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for p in &predictions {
+            self.metrics.count_prediction(p.class);
+        }
+        Ok(predictions)
     }
 
     /// The model version as a header value, computed once.

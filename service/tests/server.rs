@@ -1,6 +1,6 @@
 //! The service on real sockets: an in-process server on a free port with a real HTTP client,
-//! and the real `ml-service` binary: start-up refusals, the healthcheck subcommand, and
-//! graceful shutdown on SIGTERM with a request in flight.
+//! and the real `ml-service` binary: start-up refusals, the healthcheck subcommand, graceful
+//! shutdown on SIGTERM with a request in flight, and the requests hyper refuses itself.
 
 mod common;
 
@@ -242,6 +242,101 @@ fn model_path_may_name_the_model_file() {
     )]);
     let body = http_get(addr, "/health").unwrap();
     assert!(body.contains("\"version\":\"v1.1.0\""), "{body}");
+}
+
+/// Requests hyper refuses before the application sees them get hyper's bare answer (see the
+/// `service::server` docs: hyper has no hook for its body); what hyper accepts and the
+/// application refuses gets the JSON error body; and the service goes on serving.
+#[test]
+fn requests_refused_by_the_http_layer_get_a_bare_status_and_the_service_goes_on() {
+    let (_process, addr) =
+        spawn_service(&[("MODEL_PATH", model_dir("v1.0.0").display().to_string())]);
+    let post = |headers: &str| {
+        format!("POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{headers}\r\n{{}}")
+    };
+    let many_headers: String = (0..101).map(|i| format!("x-h{i}: 1\r\n")).collect();
+    let cases = [
+        (
+            "non-numeric Content-Length",
+            post("Content-Length: abc\r\n"),
+            400,
+        ),
+        (
+            "negative Content-Length",
+            post("Content-Length: -2\r\n"),
+            400,
+        ),
+        (
+            "disagreeing Content-Lengths",
+            post("Content-Length: 2\r\nContent-Length: 3\r\n"),
+            400,
+        ),
+        ("garbage request line", "GARBAGE\r\n\r\n".to_owned(), 400),
+        (
+            "unknown HTTP version",
+            "GET /health HTTP/9.9\r\nHost: t\r\n\r\n".to_owned(),
+            400,
+        ),
+        (
+            "header without a colon",
+            "GET /health HTTP/1.1\r\nHost t\r\n\r\n".to_owned(),
+            400,
+        ),
+        (
+            "request target over 65534 bytes",
+            format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(65_534)),
+            414,
+        ),
+        (
+            "more than 100 headers",
+            format!("GET /health HTTP/1.1\r\nHost: t\r\n{many_headers}\r\n"),
+            431,
+        ),
+    ];
+    for (name, request, status) in cases {
+        let response = exchange(addr, request.as_bytes());
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("{name}: no complete response in {response:?}"));
+        let head = head.to_ascii_lowercase();
+        assert!(
+            head.starts_with(&format!("http/1.1 {status} ")),
+            "{name}: {response:?}"
+        );
+        assert!(
+            head.contains("content-length: 0") && head.contains("connection: close"),
+            "{name}: {head}"
+        );
+        assert!(body.is_empty(), "{name}: {body:?}");
+        assert!(
+            !head.contains("x-model-version"),
+            "{name}: the application answered: {head}"
+        );
+    }
+    // hyper accepts this head; the broken chunk surfaces in the application, which says so.
+    let response = exchange(
+        addr,
+        b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    );
+    assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+    assert!(
+        response.contains("content-type: application/json")
+            && response.contains(r#"{"error":"cannot read the request body"#),
+        "{response}"
+    );
+    let health = http_get(addr, "/health").unwrap();
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+}
+
+/// Writes `request` on a new connection and reads until the service closes it.
+fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    // The service may answer and close before reading everything; the answer is what counts.
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).into_owned()
 }
 
 fn copy_version(version: &str, to: &Path) {

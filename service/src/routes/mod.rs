@@ -6,14 +6,17 @@
 //! - `/predict` in [`predict`];
 //! - the Open Inference Protocol under `/v2` in [`v2`];
 //! - `/metrics` in [`metrics`];
-//! - `/openapi.json` in [`openapi`], the document assembled from every family's `Doc`.
+//! - `/openapi.json` in [`openapi`], the document assembled from every family's `Doc`;
+//! - [`schema`]: the helper for the JSON Schemas written by hand beside their types.
 //!
 //! Handlers read [`crate::state`], never [`crate::server`], which mounts them.
 
 pub mod health;
 pub mod metrics;
+pub mod oip;
 pub mod openapi;
 pub mod predict;
+pub mod schema;
 pub mod v2;
 
 use axum::{

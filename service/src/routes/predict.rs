@@ -1,5 +1,9 @@
 //! `POST /predict`: one row (`features`) or a batch (`instances`) in, classes and
 //! probabilities out.
+//!
+//! A row is four numbers, each within `[-FEATURE_LIMIT, FEATURE_LIMIT]`; a row outside gets a
+//! 422 that names the feature and the range (and the row, in a batch). The request and response
+//! schemas say exactly that (see [`super::schema`]).
 
 use std::fmt;
 
@@ -13,13 +17,18 @@ use serde::{
     de::{self, SeqAccess, Visitor},
     Deserialize, Deserializer, Serialize,
 };
-use utoipa::{OpenApi, ToSchema};
+use serde_json::json;
+use utoipa::{
+    openapi::{schema::Schema, RefOr},
+    OpenApi, PartialSchema, ToSchema,
+};
 
+use super::schema::{bounded_number, from_json, reference};
 use crate::{
     error::{ApiError, ErrorBody},
     extract::JsonBody,
-    model::{N_CLASSES, N_FEATURES},
-    state::{check_batch, AppState},
+    model::{Prediction, FEATURE_LIMIT, N_CLASSES, N_FEATURES},
+    state::{check_batch, AppState, MAX_BATCH_ROWS},
 };
 
 /// This family's routes.
@@ -31,14 +40,36 @@ pub fn router() -> Router<AppState> {
 #[derive(OpenApi)]
 #[openapi(
     paths(predict),
-    components(schemas(PredictRequest, PredictResponse, BatchPredictResponse, RowPrediction))
+    components(schemas(
+        PredictRequest,
+        Row,
+        PredictAnswer,
+        PredictResponse,
+        BatchPredictResponse,
+        RowPrediction,
+        Probabilities
+    ))
 )]
 pub struct Doc;
 
 /// One input row: exactly four finite numbers. Deserialized straight into an array, so a
-/// request allocates nothing for its features.
+/// request allocates nothing for its features. Their range is checked when predicting.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Row(pub [f64; N_FEATURES]);
+
+impl PartialSchema for Row {
+    fn schema() -> RefOr<Schema> {
+        from_json(json!({
+            "type": "array",
+            "description": "Sepal length, sepal width, petal length, petal width (cm).",
+            "items": bounded_number(FEATURE_LIMIT),
+            "minItems": N_FEATURES,
+            "maxItems": N_FEATURES
+        }))
+    }
+}
+
+impl ToSchema for Row {}
 
 impl<'de> Deserialize<'de> for Row {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Row, D::Error> {
@@ -79,27 +110,84 @@ impl<'de> Visitor<'de> for RowVisitor {
 }
 
 /// `POST /predict` body: `features` for one row, or `instances` for a batch.
-#[derive(Debug, Deserialize, ToSchema)]
-#[schema(example = json!({"features": [5.1, 3.5, 1.4, 0.2]}))]
+#[derive(Debug, Deserialize)]
 pub struct PredictRequest {
     /// One row: sepal length, sepal width, petal length, petal width (cm).
-    #[schema(value_type = Option<Vec<f64>>, min_items = 4, max_items = 4)]
     pub features: Option<Row>,
     /// A batch of rows (at most 1024), each as in `features`.
-    #[schema(value_type = Option<Vec<Vec<f64>>>)]
     pub instances: Option<Vec<Row>>,
+}
+
+impl PartialSchema for PredictRequest {
+    /// One of the two fields, not both: the other is absent or null.
+    fn schema() -> RefOr<Schema> {
+        from_json(json!({
+            "oneOf": [
+                {
+                    "type": "object",
+                    "title": "one row",
+                    "required": ["features"],
+                    "properties": {"features": reference("Row"), "instances": {"type": "null"}}
+                },
+                {
+                    "type": "object",
+                    "title": "a batch",
+                    "required": ["instances"],
+                    "properties": {
+                        "instances": {
+                            "type": "array",
+                            "items": reference("Row"),
+                            "minItems": 1,
+                            "maxItems": MAX_BATCH_ROWS
+                        },
+                        "features": {"type": "null"}
+                    }
+                }
+            ],
+            "description": "`features` for one row, or `instances` for a batch of rows, not both.",
+            "example": {"features": [5.1, 3.5, 1.4, 0.2]}
+        }))
+    }
+}
+
+impl ToSchema for PredictRequest {}
+
+/// The probability of each class, in class order; they sum to 1.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct Probabilities(pub [f64; N_CLASSES]);
+
+impl PartialSchema for Probabilities {
+    fn schema() -> RefOr<Schema> {
+        from_json(json!({
+            "type": "array",
+            "description": "The probability of each class, in class order; finite, they sum to 1.",
+            "items": {"type": "number", "format": "double", "minimum": 0, "maximum": 1},
+            "minItems": N_CLASSES,
+            "maxItems": N_CLASSES
+        }))
+    }
+}
+
+impl ToSchema for Probabilities {}
+
+/// The answer: `PredictResponse` for `features`, `BatchPredictResponse` for `instances`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum PredictAnswer<'a> {
+    One(PredictResponse<'a>),
+    Batch(BatchPredictResponse<'a>),
 }
 
 /// The answer for one row.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PredictResponse<'a> {
     /// The predicted class index: 0 setosa, 1 versicolor, 2 virginica.
-    #[schema(example = 0)]
+    #[schema(example = 0, minimum = 0, maximum = 2)]
     pub class: usize,
     #[schema(example = "setosa")]
     pub label: &'a str,
-    /// The probability of each class, in class order; they sum to 1.
-    pub probabilities: [f64; N_CLASSES],
+    pub probabilities: Probabilities,
     /// The model version that answered.
     #[schema(example = "v1.0.0")]
     pub version: &'a str,
@@ -108,9 +196,10 @@ pub struct PredictResponse<'a> {
 /// One row's result inside a batch answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RowPrediction<'a> {
+    #[schema(minimum = 0, maximum = 2)]
     pub class: usize,
     pub label: &'a str,
-    pub probabilities: [f64; N_CLASSES],
+    pub probabilities: Probabilities,
 }
 
 /// The answer for a batch: one prediction per row, in order.
@@ -125,11 +214,11 @@ pub struct BatchPredictResponse<'a> {
     post, path = "/predict", tag = "predict",
     request_body = PredictRequest,
     responses(
-        (status = 200, description = "One row: `PredictResponse`; a batch: `BatchPredictResponse`", body = PredictResponse),
+        (status = 200, description = "One row: `PredictResponse`; a batch: `BatchPredictResponse`", body = PredictAnswer),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB or batch over 1024 rows", body = ErrorBody),
         (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
-        (status = 422, description = "Wrong shape: feature count, types, non-finite values, empty batch", body = ErrorBody),
+        (status = 422, description = "Wrong shape (feature count, types, empty batch) or a feature outside the accepted range", body = ErrorBody),
     )
 )]
 pub async fn predict(
@@ -137,33 +226,44 @@ pub async fn predict(
     JsonBody(request): JsonBody<PredictRequest>,
 ) -> Result<Response, ApiError> {
     let model = &state.model;
-    match (request.features, request.instances) {
+    let label = |p: &Prediction| model.label(p.class);
+    let answer = match (request.features, request.instances) {
         (Some(row), None) => {
-            let p = state.predict(&row.0);
-            Ok(Json(PredictResponse {
+            let p = state.predict(&row.0)?;
+            PredictAnswer::One(PredictResponse {
                 class: p.class,
-                label: model.label(p.class),
-                probabilities: p.probabilities,
+                label: label(&p),
+                probabilities: Probabilities(p.probabilities),
                 version: model.version(),
             })
-            .into_response())
         }
         (None, Some(rows)) => {
             check_batch(rows.len())?;
-            let predictions = rows
+            let rows: Vec<[f64; N_FEATURES]> = rows.iter().map(|row| row.0).collect();
+            let predictions = state
+                .predict_all(&rows)?
                 .iter()
-                .map(|row| {
-                    let p = state.predict(&row.0);
-                    RowPrediction { class: p.class, label: model.label(p.class), probabilities: p.probabilities }
+                .map(|p| RowPrediction {
+                    class: p.class,
+                    label: label(p),
+                    probabilities: Probabilities(p.probabilities),
                 })
                 .collect();
-            Ok(Json(BatchPredictResponse { predictions, version: model.version() }).into_response())
+            PredictAnswer::Batch(BatchPredictResponse {
+                predictions,
+                version: model.version(),
+            })
         }
-        (Some(_), Some(_)) => Err(ApiError::unprocessable("send either \"features\" (one row) or \"instances\" (a batch), not both")),
-        (None, None) => Err(ApiError::unprocessable(
+        (Some(_), Some(_)) => {
+            return Err(ApiError::unprocessable(
+                "send either \"features\" (one row) or \"instances\" (a batch), not both",
+            ))
+        }
+        (None, None) => return Err(ApiError::unprocessable(
             "expected \"features\": [4 numbers] for one row, or \"instances\": [[4 numbers], ...] for a batch",
         )),
-    }
+    };
+    Ok(Json(answer).into_response())
 }
 
 #[cfg(test)]

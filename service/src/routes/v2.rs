@@ -1,24 +1,31 @@
 //! The Open Inference Protocol (KServe V2) over REST: health, server and model metadata,
 //! and inference, with the protocol's JSON shapes so standard clients work unmodified.
 //!
-//! The model `iris` takes one input tensor `input-0` of shape `[N, 4]` (FP32 or FP64, data
-//! flat in row-major order or nested) and answers two outputs: `class` (INT64, `[N]`) and
-//! `probabilities` (FP64, `[N, 3]`).
+//! The model `iris` takes one input tensor (any name; `input-0` in the metadata) of shape
+//! `[N, 4]`, FP32 or FP64, its data flat in row-major order or as `N` rows of 4, and answers two
+//! outputs: `class` (INT64, `[N]`) and `probabilities` (FP64, `[N, 3]`).
+//!
+//! Rules beyond the JSON shapes, each refused with a reason:
+//! - a body without a `Content-Type` is read as JSON (`tritonclient.http` sends none);
+//! - FP32 values must lie within FP32's range (±3.4028235e38) and FP64 values within
+//!   `[-FEATURE_LIMIT, FEATURE_LIMIT]`, else 422 naming the row and the feature;
+//! - the data must hold exactly `N × 4` values, else 400. This is the one rule of the request
+//!   that JSON Schema cannot state, so the document allows what this refuses.
 
 use axum::{
-    extract::{Path, State},
+    extract::State,
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
 };
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::OpenApi;
 
+pub use super::oip::*;
 use crate::{
     error::{ApiError, ErrorBody},
-    extract::JsonBody,
-    model::{N_CLASSES, N_FEATURES},
+    extract::{PathParams, ProtocolJson},
+    model::{within, FEATURE_NAMES, N_CLASSES, N_FEATURES},
     state::{check_batch, AppState, MODEL_NAME},
 };
 
@@ -70,125 +77,9 @@ pub fn router() -> Router<AppState> {
         RequestedOutput,
         InferResponse,
         InferOutput,
-        OutputData,
     ))
 )]
 pub struct Doc;
-
-/// The name of the model's input tensor.
-pub const INPUT_NAME: &str = "input-0";
-/// The output tensor with the predicted class indices.
-pub const OUTPUT_CLASS: &str = "class";
-/// The output tensor with the class probabilities.
-pub const OUTPUT_PROBABILITIES: &str = "probabilities";
-
-/// `GET /v2/health/live` and `/v2/health/ready`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct HealthStatus {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub live: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ready: Option<bool>,
-}
-
-/// `GET /v2`: the server metadata response.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ServerMetadata {
-    pub name: String,
-    pub version: String,
-    pub extensions: Vec<String>,
-}
-
-/// A tensor's description in model metadata.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TensorMetadata {
-    pub name: String,
-    pub datatype: String,
-    /// `-1` marks the variable batch dimension.
-    pub shape: Vec<i64>,
-}
-
-/// `GET /v2/models/{name}`: the model metadata response.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ModelMetadata {
-    pub name: String,
-    pub versions: Vec<String>,
-    pub platform: String,
-    pub inputs: Vec<TensorMetadata>,
-    pub outputs: Vec<TensorMetadata>,
-}
-
-/// `GET /v2/models/{name}/ready`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ModelReady {
-    pub name: String,
-    pub ready: bool,
-}
-
-/// An input tensor of an inference request.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct InferInput {
-    pub name: String,
-    pub shape: Vec<i64>,
-    /// `FP32` or `FP64`.
-    pub datatype: String,
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub parameters: Option<Value>,
-    /// The values in row-major order, flat or nested.
-    #[schema(value_type = Vec<f64>)]
-    pub data: Value,
-}
-
-/// An output the client asks for; all outputs when the request names none.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct RequestedOutput {
-    pub name: String,
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub parameters: Option<Value>,
-}
-
-/// `POST /v2/models/{name}/infer` body: the inference request.
-#[derive(Debug, Deserialize, ToSchema)]
-#[schema(example = json!({"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}))]
-pub struct InferRequest {
-    #[serde(default)]
-    pub id: Option<String>,
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub parameters: Option<Value>,
-    pub inputs: Vec<InferInput>,
-    #[serde(default)]
-    pub outputs: Option<Vec<RequestedOutput>>,
-}
-
-/// The data of an output tensor.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum OutputData {
-    Int(Vec<i64>),
-    Float(Vec<f64>),
-}
-
-/// An output tensor of an inference response.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct InferOutput {
-    pub name: &'static str,
-    pub shape: Vec<usize>,
-    pub datatype: &'static str,
-    pub data: OutputData,
-}
-
-/// The inference response.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct InferResponse {
-    pub model_name: String,
-    pub model_version: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    pub outputs: Vec<InferOutput>,
-}
 
 /// Server liveness.
 #[utoipa::path(get, path = "/v2/health/live", tag = "inference protocol",
@@ -226,10 +117,11 @@ pub async fn server_metadata() -> Json<ServerMetadata> {
 #[utoipa::path(get, path = "/v2/models/{name}", tag = "inference protocol",
     params(("name" = String, Path, description = "The model name: iris")),
     responses((status = 200, description = "Model metadata", body = ModelMetadata),
+              (status = 400, description = "A path parameter is not valid UTF-8", body = ErrorBody),
               (status = 404, description = "Unknown model", body = ErrorBody)))]
 pub async fn model_metadata(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> Result<Json<ModelMetadata>, ApiError> {
     check_model(&state, &name, None)?;
     Ok(Json(metadata(&state)))
@@ -239,10 +131,11 @@ pub async fn model_metadata(
 #[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", tag = "inference protocol",
     params(("name" = String, Path, description = "The model name: iris"), ("version" = String, Path, description = "The served version, e.g. v1.0.0")),
     responses((status = 200, description = "Model metadata", body = ModelMetadata),
+              (status = 400, description = "A path parameter is not valid UTF-8", body = ErrorBody),
               (status = 404, description = "Unknown model or version", body = ErrorBody)))]
 pub async fn model_version_metadata(
     State(state): State<AppState>,
-    Path((name, version)): Path<(String, String)>,
+    PathParams((name, version)): PathParams<(String, String)>,
 ) -> Result<Json<ModelMetadata>, ApiError> {
     check_model(&state, &name, Some(&version))?;
     Ok(Json(metadata(&state)))
@@ -252,10 +145,11 @@ pub async fn model_version_metadata(
 #[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "inference protocol",
     params(("name" = String, Path, description = "The model name: iris")),
     responses((status = 200, description = "Ready", body = ModelReady),
+              (status = 400, description = "A path parameter is not valid UTF-8", body = ErrorBody),
               (status = 404, description = "Unknown model", body = ErrorBody)))]
 pub async fn model_ready(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> Result<Json<ModelReady>, ApiError> {
     check_model(&state, &name, None)?;
     Ok(Json(ModelReady { name, ready: true }))
@@ -265,28 +159,35 @@ pub async fn model_ready(
 #[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready", tag = "inference protocol",
     params(("name" = String, Path, description = "The model name: iris"), ("version" = String, Path, description = "The served version")),
     responses((status = 200, description = "Ready", body = ModelReady),
+              (status = 400, description = "A path parameter is not valid UTF-8", body = ErrorBody),
               (status = 404, description = "Unknown model or version", body = ErrorBody)))]
 pub async fn model_version_ready(
     State(state): State<AppState>,
-    Path((name, version)): Path<(String, String)>,
+    PathParams((name, version)): PathParams<(String, String)>,
 ) -> Result<Json<ModelReady>, ApiError> {
     check_model(&state, &name, Some(&version))?;
     Ok(Json(ModelReady { name, ready: true }))
 }
+
+/// The inference routes' 400: what the protocol itself refuses.
+const INFER_400: &str = "Malformed JSON, or a tensor the protocol refuses: not one input, another datatype or shape, data not N × 4 values, an unknown output";
+/// The inference routes' 422: JSON of the wrong shape, an empty batch, a value out of range.
+const INFER_422: &str = "Wrong JSON shape, an empty batch, or a value outside its range (FP32: ±3.4028235e38; FP64: ±1e300)";
 
 /// Inference.
 #[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "inference protocol",
     params(("name" = String, Path, description = "The model name: iris")),
     request_body = InferRequest,
     responses((status = 200, description = "Inference response", body = InferResponse),
-              (status = 400, description = "Malformed request or tensor", body = ErrorBody),
+              (status = 400, description = INFER_400, body = ErrorBody),
               (status = 404, description = "Unknown model", body = ErrorBody),
-              (status = 413, description = "Body or batch too large", body = ErrorBody),
-              (status = 422, description = "Wrong JSON shape", body = ErrorBody)))]
+              (status = 413, description = "Body over 1 MiB or batch over 1024 rows", body = ErrorBody),
+              (status = 415, description = "Content-Type present and not JSON (a body without one is read as JSON)", body = ErrorBody),
+              (status = 422, description = INFER_422, body = ErrorBody)))]
 pub async fn infer(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    JsonBody(request): JsonBody<InferRequest>,
+    PathParams(name): PathParams<String>,
+    ProtocolJson(request): ProtocolJson<InferRequest>,
 ) -> Result<Response, ApiError> {
     check_model(&state, &name, None)?;
     run_inference(&state, request)
@@ -297,12 +198,15 @@ pub async fn infer(
     params(("name" = String, Path, description = "The model name: iris"), ("version" = String, Path, description = "The served version")),
     request_body = InferRequest,
     responses((status = 200, description = "Inference response", body = InferResponse),
-              (status = 400, description = "Malformed request or tensor", body = ErrorBody),
-              (status = 404, description = "Unknown model or version", body = ErrorBody)))]
+              (status = 400, description = INFER_400, body = ErrorBody),
+              (status = 404, description = "Unknown model or version", body = ErrorBody),
+              (status = 413, description = "Body over 1 MiB or batch over 1024 rows", body = ErrorBody),
+              (status = 415, description = "Content-Type present and not JSON (a body without one is read as JSON)", body = ErrorBody),
+              (status = 422, description = INFER_422, body = ErrorBody)))]
 pub async fn infer_version(
     State(state): State<AppState>,
-    Path((name, version)): Path<(String, String)>,
-    JsonBody(request): JsonBody<InferRequest>,
+    PathParams((name, version)): PathParams<(String, String)>,
+    ProtocolJson(request): ProtocolJson<InferRequest>,
 ) -> Result<Response, ApiError> {
     check_model(&state, &name, Some(&version))?;
     run_inference(&state, request)
@@ -346,13 +250,7 @@ fn metadata(state: &AppState) -> ModelMetadata {
 fn run_inference(state: &AppState, request: InferRequest) -> Result<Response, ApiError> {
     let rows = input_rows(&request.inputs)?;
     let (want_class, want_probabilities) = requested_outputs(request.outputs.as_deref())?;
-    let mut classes = Vec::with_capacity(rows.len());
-    let mut probabilities = Vec::with_capacity(rows.len() * N_CLASSES);
-    for row in &rows {
-        let p = state.predict(row);
-        classes.push(p.class as i64);
-        probabilities.extend_from_slice(&p.probabilities);
-    }
+    let predictions = state.predict_all(&rows)?;
     let n = rows.len();
     let mut outputs = Vec::with_capacity(2);
     if want_class {
@@ -360,7 +258,7 @@ fn run_inference(state: &AppState, request: InferRequest) -> Result<Response, Ap
             name: OUTPUT_CLASS,
             shape: vec![n],
             datatype: "INT64",
-            data: OutputData::Int(classes),
+            data: OutputData::Int(predictions.iter().map(|p| p.class as i64).collect()),
         });
     }
     if want_probabilities {
@@ -368,7 +266,7 @@ fn run_inference(state: &AppState, request: InferRequest) -> Result<Response, Ap
             name: OUTPUT_PROBABILITIES,
             shape: vec![n, N_CLASSES],
             datatype: "FP64",
-            data: OutputData::Float(probabilities),
+            data: OutputData::Float(predictions.iter().flat_map(|p| p.probabilities).collect()),
         });
     }
     let response = InferResponse {
@@ -380,7 +278,9 @@ fn run_inference(state: &AppState, request: InferRequest) -> Result<Response, Ap
     Ok(Json(response).into_response())
 }
 
-/// The rows of the single `[N, 4]` FP32/FP64 input tensor.
+/// The rows of the single `[N, 4]` FP32/FP64 input tensor. FP32 values are rounded to FP32
+/// (what a client holding FP32 data meant) after checking they lie within its range; the model
+/// checks the range of FP64 values when predicting.
 pub fn input_rows(inputs: &[InferInput]) -> Result<Vec<[f64; N_FEATURES]>, ApiError> {
     let [input] = inputs else {
         return Err(ApiError::bad_request(format!(
@@ -408,8 +308,7 @@ pub fn input_rows(inputs: &[InferInput]) -> Result<Vec<[f64; N_FEATURES]>, ApiEr
         }
     };
     check_batch(n)?;
-    let mut flat = Vec::with_capacity(n * N_FEATURES);
-    flatten(&input.data, &mut flat, n * N_FEATURES)?;
+    let flat = flatten(&input.name, &input.data, n * N_FEATURES)?;
     if flat.len() != n * N_FEATURES {
         return Err(ApiError::bad_request(format!(
             "input {:?} has {} values but shape [{n}, {N_FEATURES}] needs {}",
@@ -418,41 +317,75 @@ pub fn input_rows(inputs: &[InferInput]) -> Result<Vec<[f64; N_FEATURES]>, ApiEr
             n * N_FEATURES
         )));
     }
-    if fp32 {
-        for v in &mut flat {
-            *v = f64::from(*v as f32);
-        }
-    }
-    if let Some(bad) = flat.iter().find(|v| !v.is_finite()) {
-        return Err(ApiError::bad_request(format!(
-            "input values must be finite numbers, got {bad}"
-        )));
-    }
-    Ok(flat
+    let mut rows: Vec<[f64; N_FEATURES]> = flat
         .chunks_exact(N_FEATURES)
         .map(|c| [c[0], c[1], c[2], c[3]])
-        .collect())
+        .collect();
+    if fp32 {
+        let limit = f64::from(f32::MAX);
+        for (i, row) in rows.iter_mut().enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                if !within(*v, limit) {
+                    return Err(ApiError::unprocessable(format!(
+                        "row {i}: feature {j} ({}) is {v:e}, outside the FP32 range [{:e}, {:e}]",
+                        FEATURE_NAMES[j],
+                        -f32::MAX,
+                        f32::MAX
+                    )));
+                }
+                *v = f64::from(*v as f32);
+            }
+        }
+    }
+    Ok(rows)
 }
 
-/// Appends the numbers of `data` (a number or nested arrays of numbers) in row-major order,
-/// stopping with an error past `limit` values so a huge nested body cannot grow without end.
-fn flatten(data: &Value, out: &mut Vec<f64>, limit: usize) -> Result<(), ApiError> {
-    match data {
-        Value::Number(n) => {
-            if out.len() >= limit {
-                return Err(ApiError::bad_request(format!(
-                    "input data has more than the {limit} values its shape allows"
-                )));
+/// The numbers of `data` in row-major order: either all numbers (flat) or all rows of 4
+/// numbers (nested). Stops past `limit` values, so a huge body cannot grow without end.
+fn flatten(input: &str, data: &Value, limit: usize) -> Result<Vec<f64>, ApiError> {
+    let Value::Array(items) = data else {
+        return Err(ApiError::bad_request(format!(
+            "input {input:?}: data must be an array of numbers or of rows of {N_FEATURES} numbers, found {data}"
+        )));
+    };
+    let mut out = Vec::with_capacity(limit.min(items.len() * N_FEATURES));
+    let nested = matches!(items.first(), Some(Value::Array(_)));
+    for item in items {
+        match (item, nested) {
+            (Value::Number(_), false) => push_number(input, item, &mut out, limit)?,
+            (Value::Array(row), true) if row.len() == N_FEATURES => {
+                for value in row {
+                    push_number(input, value, &mut out, limit)?;
+                }
             }
-            out.push(
-                n.as_f64()
-                    .ok_or_else(|| ApiError::bad_request(format!("{n} is not a number")))?,
-            );
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "input {input:?}: data must be all numbers (flat) or all rows of {N_FEATURES} numbers (nested), found {item}"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn push_number(
+    input: &str,
+    value: &Value,
+    out: &mut Vec<f64>,
+    limit: usize,
+) -> Result<(), ApiError> {
+    if out.len() >= limit {
+        return Err(ApiError::bad_request(format!(
+            "input {input:?}: data has more than the {limit} values its shape allows"
+        )));
+    }
+    match value.as_f64() {
+        Some(v) => {
+            out.push(v);
             Ok(())
         }
-        Value::Array(items) => items.iter().try_for_each(|item| flatten(item, out, limit)),
-        other => Err(ApiError::bad_request(format!(
-            "input data must hold only numbers, found {other}"
+        None => Err(ApiError::bad_request(format!(
+            "input {input:?}: data must hold only numbers, found {value}"
         ))),
     }
 }
@@ -519,9 +452,25 @@ mod tests {
             ),
             (
                 input("FP32", vec![1, 4], json!([1, 2, "x", 4])),
+                "all numbers",
+            ),
+            (
+                input("FP32", vec![1, 4], json!([[1, 2, "x", 4]])),
                 "only numbers",
             ),
-            (input("FP32", vec![1, 4], json!([1, 2, 3, 1e300])), "finite"),
+            (
+                input("FP32", vec![2, 4], json!([[1, 2, 3, 4], [5, 6, 7]])),
+                "rows of 4",
+            ),
+            (
+                input("FP32", vec![2, 4], json!([1, 2, 3, 4, [5, 6, 7, 8]])),
+                "all numbers",
+            ),
+            (
+                input("FP32", vec![1, 4], json!([[[1, 2, 3, 4]]])),
+                "rows of 4",
+            ),
+            (input("FP32", vec![1, 4], json!(5)), "must be an array"),
         ];
         for (case, needle) in cases {
             let err = input_rows(&[case]).unwrap_err();
@@ -533,6 +482,54 @@ mod tests {
             );
         }
         assert!(input_rows(&[]).unwrap_err().message.contains("exactly one"));
+    }
+
+    #[test]
+    fn shapes_are_integers_written_either_way() {
+        let shape = |json: &str| {
+            serde_json::from_str::<InferInput>(&format!(
+                r#"{{"name": "x", "datatype": "FP32", "data": [], "shape": {json}}}"#
+            ))
+            .map(|input| input.shape)
+        };
+        assert_eq!(shape("[2, 4]").unwrap(), [2, 4]);
+        assert_eq!(shape("[2.0, 4e0]").unwrap(), [2, 4]);
+        for bad in [
+            "[2.5, 4]",
+            "[1e19, 4]",
+            "[18446744073709551615, 4]",
+            r#"["2", 4]"#,
+        ] {
+            let err = shape(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("integer") || err.contains("invalid type"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn fp32_values_must_fit_fp32_and_are_rounded_to_it() {
+        let max = f64::from(f32::MAX);
+        let rows =
+            input_rows(&[input("FP32", vec![1, 4], json!([max, -max, 0.1, 1e-45]))]).unwrap();
+        assert_eq!(rows[0], [max, -max, f64::from(0.1f32), f64::from(1e-45f32)]);
+        // The next double above FP32's largest value would round to it: still refused.
+        let above = f64::from_bits(max.to_bits() + 1);
+        for value in [above, -1e39, 1e300] {
+            let err =
+                input_rows(&[input("FP32", vec![1, 4], json!([1, 2, value, 4]))]).unwrap_err();
+            assert_eq!(err.status.as_u16(), 422, "{value}: {}", err.message);
+            assert!(
+                err.message.contains("feature 2 (petal length)")
+                    && err.message.contains("FP32 range"),
+                "{}",
+                err.message
+            );
+        }
+        // FP64 keeps the value; the model's range is checked when predicting.
+        let rows = input_rows(&[input("FP64", vec![1, 4], json!([1e300, 2, 3, 4]))]).unwrap();
+        assert_eq!(rows[0][0], 1e300);
     }
 
     #[test]

