@@ -32,6 +32,8 @@ const SEED: &str = "20260101";
 /// Random cases per operation in the fuzzing phase, on top of the examples and the coverage
 /// phase's deterministic cases (11 operations, so a few hundred in all).
 const MAX_EXAMPLES: &str = "40";
+/// Cases per operation of the run with a fresh seed (fuzzing only: a few hundred in all).
+const RANDOM_EXAMPLES: &str = "40";
 /// Upper bounds for each tool, far above their usual time, so a hang fails instead of waiting.
 const TRITON_TIMEOUT: Duration = Duration::from_secs(120);
 const SCHEMATHESIS_TIMEOUT: Duration = Duration::from_secs(300);
@@ -58,6 +60,23 @@ fn tritonclient_http_checks_health_metadata_and_infers_the_golden_rows() {
 
 #[test]
 fn schemathesis_finds_no_failure_with_every_check_and_phase() {
+    schemathesis("examples,coverage,fuzzing,stateful", SEED, MAX_EXAMPLES);
+}
+
+/// A few hundred cases that differ from run to run, on top of the reproducible ones; the seed
+/// is printed, so a failure can be replayed with it.
+#[test]
+fn schemathesis_finds_no_failure_with_a_fresh_seed() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs() % 1_000_000_007)
+        .to_string();
+    println!("schemathesis with a fresh seed: {seed} (replay with `--seed {seed}`)");
+    schemathesis("fuzzing", &seed, RANDOM_EXAMPLES);
+}
+
+/// Runs schemathesis with every check over `phases` against a fresh `v1.0.0` service.
+fn schemathesis(phases: &str, seed: &str, max_examples: &str) {
     let Some(venv) = venv("schemathesis") else {
         return;
     };
@@ -70,13 +89,8 @@ fn schemathesis_finds_no_failure_with_every_check_and_phase() {
         .arg(clients_dir().join("schemathesis.toml"))
         .arg("--no-color")
         .args(["run", &format!("http://{addr}/openapi.json")])
-        .args([
-            "--checks",
-            "all",
-            "--phases",
-            "examples,coverage,fuzzing,stateful",
-        ])
-        .args(["--seed", SEED, "--max-examples", MAX_EXAMPLES])
+        .args(["--checks", "all", "--phases", phases])
+        .args(["--seed", seed, "--max-examples", max_examples])
         .args(["--workers", "1", "--generation-database", "none"])
         .current_dir(scratch.path())
         .stdin(Stdio::null())
@@ -85,7 +99,7 @@ fn schemathesis_finds_no_failure_with_every_check_and_phase() {
     let status = wait_exit(&mut child, SCHEMATHESIS_TIMEOUT);
     assert!(
         status.success(),
-        "schemathesis found failures ({status}): see its report above"
+        "schemathesis (seed {seed}) found failures ({status}): see its report above"
     );
 }
 
