@@ -16,6 +16,7 @@ mod compose;
 mod hang;
 mod report;
 mod service;
+mod service_nginx;
 mod switch;
 mod wrk;
 

@@ -8,7 +8,7 @@
 //! 4. warm up for 2 s, then drive single-row `POST /predict` with `wrk` (2 threads, the given
 //!    connections, keep-alive, a Lua script for the body) for the given duration;
 //! 5. read the service's CPU time and peak RSS (`VmHWM`) from `/proc/<pid>`;
-//! 6. start a private nginx (`target/bench/service`, [`render_nginx`]) with two identical proxy
+//! 6. start a private nginx (`target/bench/service`, `service_nginx.rs`) with two identical proxy
 //!    servers: one to the service, one to a fixed answer served by nginx itself (the service's
 //!    own answer, captured); warm both up, then alternate wrk runs on the two, twice, keeping
 //!    each one's best: the ratio says how close the service comes to nginx's ceiling;
@@ -19,7 +19,7 @@ use std::{
     fs,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -30,6 +30,7 @@ use xshell::{cmd, Shell};
 
 use super::{
     report,
+    service_nginx::{BenchNginx, NginxPorts},
     wrk::{self, Wrk, BODY, THREADS},
 };
 use crate::{
@@ -38,7 +39,7 @@ use crate::{
 };
 
 /// The model version the benchmark serves.
-const VERSION: &str = "v1.0.0";
+pub(super) const VERSION: &str = "v1.0.0";
 /// Load before the measured run, so the measurement starts warm.
 const WARMUP_SECS: u64 = 2;
 /// Alternating runs of the ceiling and the service behind nginx; each one's best is kept.
@@ -47,9 +48,6 @@ const ROUNDS: usize = 3;
 const GOAL: f64 = 0.9;
 const PARENT: &str = "## Model service";
 const SECTION: &str = "### Measured by `cargo xtask bench service`";
-/// The private nginx's config, with `@NAME@` placeholders ([`render_nginx`]).
-const NGINX_TEMPLATE: &str = include_str!("service-nginx.conf");
-
 /// What one run measured.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Measured {
@@ -281,110 +279,6 @@ fn measure_behind_nginx(
     result
 }
 
-/// The ports of the private nginx's servers, and the service's.
-#[derive(Debug, Clone, PartialEq)]
-struct NginxPorts {
-    service: u16,
-    proxy_service: u16,
-    proxy_fixed: u16,
-    fixed: u16,
-}
-
-/// The benchmark's config: [`NGINX_TEMPLATE`] filled in. `body` becomes the fixed answer, so it
-/// may not hold what nginx would read as a variable (`$`) or the end of the string.
-fn render_nginx(prefix: &Path, ports: &NginxPorts, body: &str) -> Result<String> {
-    ensure!(
-        !body.is_empty() && !body.contains(['$', '\'', '\\', '\n']),
-        "the fixed answer {body:?} cannot be put in an nginx string as it is"
-    );
-    let local = |port: u16| format!("127.0.0.1:{port}");
-    Ok(NGINX_TEMPLATE
-        .replace("@PREFIX@", &prefix.display().to_string())
-        .replace("@SERVICE@", &local(ports.service))
-        .replace("@PROXY_SERVICE@", &local(ports.proxy_service))
-        .replace("@PROXY_FIXED@", &local(ports.proxy_fixed))
-        .replace("@FIXED@", &local(ports.fixed))
-        .replace("@VERSION@", VERSION)
-        .replace("@BODY@", body))
-}
-
-/// The private nginx, under its own prefix.
-struct BenchNginx {
-    nginx: PathBuf,
-    prefix: PathBuf,
-}
-
-impl BenchNginx {
-    /// Writes the config and starts nginx with `-p <prefix> -c <conf> -e <errlog>`; waits until
-    /// the three servers listen.
-    fn start(sh: &Shell, prefix: PathBuf, ports: &NginxPorts, body: &str) -> Result<BenchNginx> {
-        let nginx = host::find_command("nginx").context("find nginx")?;
-        fs::create_dir_all(prefix.join("temp")).context("create the nginx prefix")?;
-        fs::write(
-            prefix.join("nginx.conf"),
-            render_nginx(&prefix, ports, body)?,
-        )
-        .context("write the benchmark's nginx.conf")?;
-        let bench_nginx = BenchNginx { nginx, prefix };
-        bench_nginx.command(sh, &[]).context("start nginx")?;
-        for port in [ports.proxy_service, ports.proxy_fixed, ports.fixed] {
-            poll("nginx to listen", Duration::from_secs(5), || {
-                TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-                    .map(drop)
-                    .context("not listening yet")
-            })?;
-        }
-        Ok(bench_nginx)
-    }
-
-    /// `nginx <args> -p <prefix>/ -c <prefix>/nginx.conf -e <prefix>/error.log`.
-    fn command(&self, sh: &Shell, args: &[&str]) -> Result<()> {
-        let nginx = &self.nginx;
-        let (prefix, conf, err) = (
-            format!("{}/", self.prefix.display()),
-            self.prefix.join("nginx.conf"),
-            self.prefix.join("error.log"),
-        );
-        cmd!(sh, "{nginx} {args...} -p {prefix} -c {conf} -e {err}")
-            .quiet()
-            .ignore_stdout()
-            .run()
-            .with_context(|| format!("nginx {}", args.join(" ")))
-    }
-
-    /// The worker processes' pids: the children of the master.
-    fn workers(&self) -> Result<Vec<u32>> {
-        let master =
-            fs::read_to_string(self.prefix.join("nginx.pid")).context("read nginx's pid file")?;
-        let master = master.trim();
-        let children = fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-            .context("list nginx's workers")?;
-        let workers: Vec<u32> = children
-            .split_whitespace()
-            .filter_map(|pid| pid.parse().ok())
-            .collect();
-        ensure!(!workers.is_empty(), "nginx has no worker process");
-        Ok(workers)
-    }
-
-    /// Stops nginx (`-s quit`, graceful) and waits until its master has exited.
-    fn stop(self, sh: &Shell) {
-        let Ok(pid) = fs::read_to_string(self.prefix.join("nginx.pid")) else {
-            return;
-        };
-        let pid = pid.trim().to_owned();
-        if self.command(sh, &["-s", "quit"]).is_err() {
-            return;
-        }
-        let _ = poll("nginx to stop", Duration::from_secs(10), || {
-            let alive =
-                fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"));
-            ensure!(!alive, "still running");
-            Ok(())
-        });
-    }
-}
-
 /// The service's answer to the benchmark's request: the body of `POST /predict` with [`BODY`].
 fn post_predict(addr: SocketAddr) -> Result<String> {
     let mut stream = TcpStream::connect(addr)?;
@@ -605,50 +499,6 @@ mod tests {
         assert_eq!(parse_status_kib(status, "VmRSS"), Some(8000));
         assert_eq!(parse_status_kib(status, "VmSwap"), None);
         assert_eq!(cpu_percent(150, 100.0, Duration::from_secs(1)), 150.0);
-    }
-
-    fn ports() -> NginxPorts {
-        NginxPorts {
-            service: 20001,
-            proxy_service: 20002,
-            proxy_fixed: 20003,
-            fixed: 20004,
-        }
-    }
-
-    #[test]
-    fn the_two_proxies_differ_only_in_their_upstream() {
-        let body = r#"{"class":0,"label":"setosa","version":"v1.0.0"}"#;
-        let conf = render_nginx(Path::new("/tmp/b"), &ports(), body).unwrap();
-        let unfilled = conf
-            .lines()
-            .filter(|l| !l.trim_start().starts_with('#'))
-            .any(|l| l.contains('@'));
-        assert!(!unfilled, "every placeholder filled:\n{conf}");
-        assert!(conf.contains("pid \"/tmp/b/nginx.pid\";"));
-        for line in [
-            "server 127.0.0.1:20001;",
-            "server 127.0.0.1:20004;",
-            "listen 127.0.0.1:20002;",
-            "listen 127.0.0.1:20003;",
-            "listen 127.0.0.1:20004;",
-        ] {
-            assert!(conf.contains(line), "{line} missing:\n{conf}");
-        }
-        assert!(conf.contains(&format!("return 200 '{body}';")));
-        // The proxy settings are shared, at the `http` level: the servers hold only `proxy_pass`.
-        assert_eq!(conf.matches("proxy_pass").count(), 2);
-        assert_eq!(conf.matches("proxy_set_header").count(), 4);
-    }
-
-    #[test]
-    fn a_body_nginx_would_misread_is_refused() {
-        for body in ["", "a'b", "$x", "a\\b", "a\nb"] {
-            assert!(
-                render_nginx(Path::new("/p"), &ports(), body).is_err(),
-                "{body:?}"
-            );
-        }
     }
 
     #[test]
