@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use reqwest::blocking::Client;
+use reqwest::blocking::{Client, ClientBuilder};
 
 /// An HTTP client for gates and checks: short timeouts, no proxy from the environment.
 pub fn client() -> Result<Client> {
@@ -14,12 +14,18 @@ pub fn client() -> Result<Client> {
 
 /// A client like [`client`] whose requests give up after `timeout`.
 pub fn client_with_timeout(timeout: Duration) -> Result<Client> {
+    client_builder(timeout)
+        .build()
+        .context("build the HTTP client")
+}
+
+/// The one client configuration (timeouts, no proxy from the environment), for callers that
+/// add to it.
+pub fn client_builder(timeout: Duration) -> ClientBuilder {
     Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(2)))
         .no_proxy()
-        .build()
-        .context("build the HTTP client")
 }
 
 /// Whether the balancer answers its own health path with a success; when it does not, the

@@ -21,7 +21,11 @@ use axum::{
 use serde_json::Value;
 use utoipa::OpenApi;
 
-pub use super::oip::*;
+use super::oip::{
+    HealthStatus, InferInput, InferOutput, InferRequest, InferResponse, ModelMetadata, ModelReady,
+    OutputData, RequestedOutput, ServerMetadata, TensorMetadata, INPUT_NAME, OUTPUT_CLASS,
+    OUTPUT_PROBABILITIES,
+};
 use crate::{
     error::{ApiError, ErrorBody},
     extract::{PathParams, ProtocolJson},

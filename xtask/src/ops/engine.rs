@@ -87,7 +87,7 @@ pub fn repair(ctx: &Deployment, live: Live) -> Result<Live> {
     let mut rec = Recorder::new(ctx, "repair", &live, &intent.versions);
     rec.aim(intent.split);
     rec.reason(problem);
-    let result = (|| {
+    let result = (|| -> Result<u64> {
         let generation = route(ctx, &live, intent.split)?;
         rec.moved(intent.split, generation);
         let mut repaired = intent.clone();
@@ -96,10 +96,7 @@ pub fn repair(ctx: &Deployment, live: Live) -> Result<Live> {
         Ok(generation)
     })();
     let generation = rec
-        .finish(result.map_err(|err: anyhow::Error| Stopped {
-            outcome: Outcome::Failed,
-            error: err.context(problem.clone()),
-        }))
+        .finish(result.context(problem.clone()).stop_with(Outcome::Failed))
         .context("repair the route directory")?;
     crate::say!(
         "repaired: traffic follows the recorded split {} again (route generation {generation})",

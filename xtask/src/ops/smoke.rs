@@ -108,10 +108,8 @@ fn tester_client(ctx: &Deployment, color: Color) -> Result<Client> {
     if !testers.token.is_empty() {
         headers.insert(crate::nginx::TESTER_TOKEN_HEADER, header(&testers.token)?);
     }
-    Client::builder()
+    crate::http::client_builder(std::time::Duration::from_secs(5))
         .default_headers(headers)
-        .timeout(std::time::Duration::from_secs(5))
-        .no_proxy()
         .build()
         .context("build the tester's HTTP client")
 }

@@ -98,10 +98,11 @@ fn bring_up(
         (Color::Blue, wanted(Color::Blue, &request.blue)),
         (Color::Green, wanted(Color::Green, &request.green)),
     ] {
-        if !ctx.rt.is_running(Part::Color(color))? {
+        let running = ctx.rt.is_running(Part::Color(color))?;
+        if !running {
             started.push(color);
         }
-        start_color(ctx, color, &version)?;
+        start_color(ctx, color, &version, running)?;
         state.versions.insert(color, version);
     }
 
@@ -145,10 +146,10 @@ fn bring_up(
     Ok(())
 }
 
-/// Leaves `color` alone when it already serves `version` healthily; starts it otherwise.
-fn start_color(ctx: &Deployment, color: Color, version: &str) -> Result<()> {
+/// Leaves `color` alone when it is `running` and serves `version` healthily; starts it
+/// otherwise.
+fn start_color(ctx: &Deployment, color: Color, version: &str, running: bool) -> Result<()> {
     let url = ctx.rt.url(Part::Color(color));
-    let running = ctx.rt.is_running(Part::Color(color))?;
     if running && gates::healthy_version(&ctx.client, &url).ok().as_deref() == Some(version) {
         crate::say!("{color} already serves {version} at {url}");
         return Ok(());

@@ -462,29 +462,21 @@ fn workers(master: u32) -> Vec<u32> {
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                let mut fields = stat
-                    .rsplit_once(')')
-                    .map_or("", |(_, rest)| rest)
-                    .split_whitespace();
-                let state = fields.next();
-                let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
-                ppid == Some(master) && !matches!(state, Some("Z" | "X"))
-            })
-        })
+        .filter(|&pid| proc_stat(pid).is_some_and(|(live, ppid)| live && ppid == master))
         .collect()
+}
+
+/// From `/proc/<pid>/stat`: whether the process is live (not a zombie) and its parent's pid.
+fn proc_stat(pid: u32) -> Option<(bool, u32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let live = !matches!(fields.next()?, "Z" | "X");
+    Some((live, fields.next()?.parse().ok()?))
 }
 
 /// Whether `pid` is a live (not zombie) process whose command line mentions `expected`.
 fn process_alive(pid: u32, expected: &str) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    if matches!(state, Some('Z' | 'X') | None) {
+    if !proc_stat(pid).is_some_and(|(live, _)| live) {
         return false;
     }
     fs::read(format!("/proc/{pid}/cmdline"))
