@@ -1,7 +1,8 @@
 //! The service's configuration, read from the environment as the existing setups do.
 //!
 //! - [`Config`]: what to serve and where (`MODEL_PATH`, `MODEL_VERSION`, `HOST`, `PORT`,
-//!   `SHUTDOWN_TIMEOUT_SECS`);
+//!   `GRPC_PORT`, `SHUTDOWN_TIMEOUT_SECS`); HTTP listens on `HOST:PORT`, gRPC on
+//!   `HOST:GRPC_PORT`, and a port of 0 picks a free one;
 //! - [`LogConfig`]: where and how the logs go (`LOG_FORMAT`, `LOG_FILE`, `LOG_MAX_BYTES`); read
 //!   apart, and first, so that a refusal to start can itself be logged. The level comes from
 //!   `RUST_LOG` (default `info`), read by [`crate::telemetry`].
@@ -12,6 +13,8 @@ use anyhow::{Context, Result};
 
 /// The port when `PORT` is unset.
 pub const DEFAULT_PORT: u16 = 8080;
+/// The gRPC port when `GRPC_PORT` is unset: gRPC's customary one.
+pub const DEFAULT_GRPC_PORT: u16 = 50051;
 /// The address when `HOST` is unset: every interface, as a container needs.
 pub const DEFAULT_HOST: &str = "0.0.0.0";
 /// The model when `MODEL_PATH` is unset.
@@ -30,10 +33,12 @@ pub struct Config {
     pub model_path: PathBuf,
     /// `MODEL_VERSION`: the version the model must have; unchecked when unset.
     pub model_version: Option<String>,
-    /// `HOST`.
+    /// `HOST`: the address of both listeners.
     pub host: IpAddr,
-    /// `PORT`.
+    /// `PORT`: HTTP's port.
     pub port: u16,
+    /// `GRPC_PORT`: gRPC's port; it must differ from `PORT` unless both are 0.
+    pub grpc_port: u16,
     /// `SHUTDOWN_TIMEOUT_SECS`.
     pub shutdown_timeout: Duration,
 }
@@ -47,13 +52,20 @@ impl Config {
     /// Reads the configuration through `get`, so tests need not touch the environment.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config> {
         let non_empty = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-        let port = match non_empty("PORT") {
+        let read_port = |name: &str, default: u16| match non_empty(name) {
             Some(raw) => raw
                 .trim()
                 .parse()
-                .with_context(|| format!("PORT={raw:?} is not a port number (0-65535)"))?,
-            None => DEFAULT_PORT,
+                .with_context(|| format!("{name}={raw:?} is not a port number (0-65535)")),
+            None => Ok(default),
         };
+        let port = read_port("PORT", DEFAULT_PORT)?;
+        let grpc_port = read_port("GRPC_PORT", DEFAULT_GRPC_PORT)?;
+        if port == grpc_port && port != 0 {
+            anyhow::bail!(
+                "PORT and GRPC_PORT are both {port}: HTTP and gRPC need a port each; set GRPC_PORT to another port (default {DEFAULT_GRPC_PORT})"
+            );
+        }
         let host = non_empty("HOST").unwrap_or_else(|| DEFAULT_HOST.to_owned());
         let host = host
             .trim()
@@ -78,6 +90,7 @@ impl Config {
             model_version: non_empty("MODEL_VERSION"),
             host,
             port,
+            grpc_port,
             shutdown_timeout,
         })
     }
@@ -182,6 +195,7 @@ mod tests {
     fn defaults_apply_when_nothing_is_set() {
         let c = config(&[]).unwrap();
         assert_eq!(c.port, 8080);
+        assert_eq!(c.grpc_port, 50051);
         assert_eq!(c.host.to_string(), "0.0.0.0");
         assert_eq!(c.model_path, PathBuf::from("models/v1.0.0"));
         assert_eq!(c.model_version, None);
@@ -203,6 +217,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("PORT"));
+        let c = config(&[("GRPC_PORT", " 50052 ")]).unwrap();
+        assert_eq!((c.port, c.grpc_port), (8080, 50052));
+        assert_eq!(
+            config(&[("PORT", "0"), ("GRPC_PORT", "0")])
+                .unwrap()
+                .grpc_port,
+            0
+        );
+        let err = config(&[("GRPC_PORT", "grpc")]).unwrap_err().to_string();
+        assert!(
+            err.contains("GRPC_PORT=\"grpc\" is not a port number"),
+            "{err}"
+        );
+        let err = config(&[("PORT", "9000"), ("GRPC_PORT", "9000")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PORT and GRPC_PORT are both 9000"), "{err}");
         assert!(config(&[("HOST", "nowhere")])
             .unwrap_err()
             .to_string()

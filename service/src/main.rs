@@ -1,7 +1,9 @@
-//! `ml-service`: serves the model named by `MODEL_PATH` on `HOST:PORT`.
+//! `ml-service`: serves the model named by `MODEL_PATH`, over HTTP on `HOST:PORT` and over gRPC
+//! on `HOST:GRPC_PORT`.
 //!
-//! - `ml-service`: load and verify the model (refuse to start on any problem), listen, serve
-//!   until SIGTERM or SIGINT, drain in-flight requests (at most `SHUTDOWN_TIMEOUT_SECS`), exit 0;
+//! - `ml-service`: load and verify the model (refuse to start on any problem), listen on both
+//!   ports, serve until SIGTERM or SIGINT, drain in-flight requests and RPCs (at most
+//!   `SHUTDOWN_TIMEOUT_SECS`), exit 0;
 //! - `ml-service healthcheck`: ask this service's own `/health` on `HOST:PORT`; exit 0 if healthy.
 
 use std::{io::Write, process::ExitCode};
@@ -15,7 +17,7 @@ use service::{
 };
 
 const USAGE: &str = "usage: ml-service [healthcheck]
-  (no argument)  serve the model; environment: MODEL_PATH, MODEL_VERSION, HOST, PORT, SHUTDOWN_TIMEOUT_SECS, RUST_LOG, LOG_FORMAT, LOG_FILE, LOG_MAX_BYTES
+  (no argument)  serve the model over HTTP on HOST:PORT (default 0.0.0.0:8080) and gRPC on HOST:GRPC_PORT (default 50051); environment: MODEL_PATH, MODEL_VERSION, HOST, PORT, GRPC_PORT, SHUTDOWN_TIMEOUT_SECS, RUST_LOG, LOG_FORMAT, LOG_FILE, LOG_MAX_BYTES
   healthcheck    check http://$HOST:$PORT/health (loopback when HOST is 0.0.0.0) and exit 0 if healthy, 1 otherwise";
 
 fn main() -> ExitCode {
@@ -58,21 +60,19 @@ fn serve() -> ExitCode {
     runtime.block_on(async {
         let server = match Server::bind(&config, model).await {
             Ok(server) => server,
-            Err(err) => {
-                return refuse(&format!(
-                    "cannot listen on {}:{}: {err}",
-                    config.host, config.port
-                ))
-            }
+            Err(err) => return refuse(&err.to_string()),
         };
+        // Watched before the "listening" line: from then on a signal is a drain.
+        let signal = shutdown_signal();
         let model = &server.state().model;
         tracing::info!(
             addr = %server.local_addr(),
+            grpc_addr = %server.grpc_local_addr(),
             version = model.version(),
             model_path = %config.model_path.display(),
             "listening"
         );
-        match server.run_until(shutdown_signal()).await {
+        match server.run_until(signal).await {
             Ok(_) => ExitCode::SUCCESS,
             Err(err) => {
                 tracing::error!(error = %err, "server failed");

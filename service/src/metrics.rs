@@ -3,6 +3,13 @@
 //! - `http_requests_total{route,status}`: requests answered;
 //! - `http_request_duration_seconds{route}`: a latency histogram;
 //! - `http_requests_in_flight`: requests being handled now (the scrape itself included);
+//!
+//! gRPC calls are counted in the same three, under their method path as the route
+//! (`/prediction.PredictionService/Predict`) and, as the status, the HTTP status the same
+//! outcome gets over HTTP (OK → 200, INVALID_ARGUMENT → 400, NOT_FOUND → 404,
+//! RESOURCE_EXHAUSTED → 413; see `crate::grpc::describe`), so one query covers both protocols
+//! and a route says which one it was. The others:
+//!
 //! - `predictions_total{class,label}`: predicted classes, across every endpoint;
 //! - `model_info{version,algorithm}`: always 1, carries the model's version;
 //! - `log_lines_dropped_total`: log lines lost to a full log channel or a failed write (a full
@@ -20,7 +27,8 @@ use axum::http::StatusCode;
 
 use crate::model::{Model, N_CLASSES};
 
-/// Every route of the router, as `MatchedPath` spells it; anything else counts as `unmatched`.
+/// Every route of the HTTP router, as `MatchedPath` spells it; any other HTTP request counts
+/// as `unmatched`.
 pub const ROUTES: [&str; 13] = [
     "/health",
     "/predict",
@@ -36,8 +44,25 @@ pub const ROUTES: [&str; 13] = [
     "/openapi.json",
     "/metrics",
 ];
+/// Every gRPC method served, as its request path spells it; any other counts as `unmatched`.
+pub const GRPC_METHODS: [&str; 13] = [
+    "/prediction.PredictionService/Predict",
+    "/prediction.PredictionService/PredictBatch",
+    "/prediction.PredictionService/Health",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+    "/inference.GRPCInferenceService/ModelReady",
+    "/inference.GRPCInferenceService/ServerMetadata",
+    "/inference.GRPCInferenceService/ModelMetadata",
+    "/inference.GRPCInferenceService/ModelInfer",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
 const UNMATCHED: &str = "unmatched";
-const N_ROUTES: usize = ROUTES.len() + 1;
+/// The slots: [`ROUTES`], then [`GRPC_METHODS`], then `unmatched`.
+const N_ROUTES: usize = ROUTES.len() + GRPC_METHODS.len() + 1;
 
 /// Statuses counted one by one; any other is counted under `other`.
 const STATUSES: [u16; 9] = [200, 400, 404, 405, 413, 415, 422, 500, 503];
@@ -65,16 +90,31 @@ pub struct Metrics {
     in_flight: AtomicI64,
 }
 
-/// The index of `route` in [`ROUTES`], or the `unmatched` slot.
+/// The slot of the HTTP route `route` (see [`ROUTES`]), or the `unmatched` slot.
 pub fn route_index(route: Option<&str>) -> usize {
     route
         .and_then(|r| ROUTES.iter().position(|known| *known == r))
-        .unwrap_or(ROUTES.len())
+        .unwrap_or(N_ROUTES - 1)
 }
 
-/// The name of the route at `index` (from [`route_index`]).
+/// The slot of the gRPC method at request path `path` (see [`GRPC_METHODS`]), or the
+/// `unmatched` slot.
+pub fn grpc_method_index(path: &str) -> usize {
+    GRPC_METHODS
+        .iter()
+        .position(|known| *known == path)
+        .map_or(N_ROUTES - 1, |i| ROUTES.len() + i)
+}
+
+/// The name of the route or method in slot `index` (from [`route_index`] or
+/// [`grpc_method_index`]).
 pub fn route_name(index: usize) -> &'static str {
-    ROUTES.get(index).copied().unwrap_or(UNMATCHED)
+    ROUTES
+        .iter()
+        .chain(&GRPC_METHODS)
+        .nth(index)
+        .copied()
+        .unwrap_or(UNMATCHED)
 }
 
 impl Metrics {
@@ -123,7 +163,7 @@ impl Metrics {
         let w = &mut out;
         let _ = writeln!(
             w,
-            "# HELP http_requests_total HTTP requests answered, by route and status."
+            "# HELP http_requests_total Requests answered, by route and status (gRPC: method path, HTTP status of the code)."
         );
         let _ = writeln!(w, "# TYPE http_requests_total counter");
         for (r, stats) in self.routes.iter().enumerate() {
@@ -237,6 +277,11 @@ mod tests {
         assert_eq!(route_name(route_index(Some("/predict"))), "/predict");
         assert_eq!(route_name(route_index(Some("/nope"))), "unmatched");
         assert_eq!(route_name(route_index(None)), "unmatched");
+        let predict = "/prediction.PredictionService/Predict";
+        assert_eq!(route_name(grpc_method_index(predict)), predict);
+        assert_eq!(route_name(grpc_method_index("/x.Y/Z")), "unmatched");
+        assert_eq!(route_name(route_index(Some(predict))), "unmatched");
+        assert_eq!(route_index(None), grpc_method_index("/x.Y/Z"));
     }
 
     #[test]

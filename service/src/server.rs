@@ -1,13 +1,19 @@
-//! Building the application and serving it.
+//! Building the application and serving it, over HTTP and gRPC from one state.
 //!
-//! - [`router`] builds the whole `Router` from the state: the routes of [`crate::routes`], the
-//!   body limit and the `observe` middleware (tests call it with `oneshot`);
-//! - [`Server::bind`] binds the configured address and exposes the port (0 picks a free one);
-//! - [`Server::run_until`] serves until a shutdown signal, then stops accepting, lets in-flight
-//!   requests finish for at most the drain timeout, and returns.
+//! - [`router`] builds the whole HTTP `Router` from the state: the routes of
+//!   [`crate::routes`], the body limit and the `observe` middleware (tests call it with
+//!   `oneshot`); [`crate::grpc::serve`] is its gRPC counterpart;
+//! - [`Server::bind`] binds both listeners, HTTP on `HOST:PORT` and gRPC on `HOST:GRPC_PORT`,
+//!   and exposes their addresses (port 0 picks a free one);
+//! - [`Server::run_until`] serves both until a shutdown signal, then drains:
+//!   1. `grpc.health.v1` reports NOT_SERVING for the server and each service;
+//!   2. both servers stop accepting (their listeners close) and let in-flight requests,
+//!      RPCs and streams finish; `grpc.health.v1` Watch streams end;
+//!   3. it returns once both have finished, or when the drain timeout has passed.
 //!
-//! Every response passes through `observe`: it adds `X-Model-Version` and `X-Request-Id`,
-//! counts the request in the metrics and logs one line.
+//! Every HTTP response passes through `observe`: it adds `X-Model-Version` and `X-Request-Id`,
+//! counts the request in the metrics and logs one line; [`crate::grpc::observe`] does the same
+//! for every RPC.
 //!
 //! # What hyper refuses before the application sees a request
 //!
@@ -34,25 +40,22 @@ use std::{
 
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
-    http::{HeaderName, HeaderValue},
     middleware::{self, Next},
     response::Response,
     Router,
 };
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::net::TcpListener;
+use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
     config::Config,
-    metrics,
+    grpc, metrics,
     model::Model,
     routes,
     state::{AppState, MAX_BODY_BYTES},
 };
 
-/// The response header carrying the model version.
-pub static X_MODEL_VERSION: HeaderName = HeaderName::from_static("x-model-version");
-/// The request and response header carrying the request id.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use crate::state::{X_MODEL_VERSION, X_REQUEST_ID};
 
 /// The application: every route of [`routes::router`] with its JSON 404/405 fallbacks, the
 /// body limit, and `observe`.
@@ -72,10 +75,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
             .get::<MatchedPath>()
             .map(MatchedPath::as_str),
     );
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
-        Some(id) if is_acceptable_request_id(id) => id.clone(),
-        _ => state.new_request_id(),
-    };
+    let request_id = state.request_id(req.headers().get(&X_REQUEST_ID));
     let method = req.method().clone();
     let mut response = next.run(req).await;
     let elapsed = start.elapsed();
@@ -96,33 +96,50 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     response
 }
 
-/// A client's request id is echoed if it is short printable ASCII; otherwise we make one.
-fn is_acceptable_request_id(id: &HeaderValue) -> bool {
-    !id.is_empty() && id.len() <= 200 && id.as_bytes().iter().all(|b| b.is_ascii_graphic())
-}
-
-/// A bound, not yet serving, service.
+/// A bound, not yet serving, service: both listeners and the state they will share.
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
+    grpc_listener: TcpListener,
     state: AppState,
     shutdown_timeout: Duration,
 }
 
 impl Server {
-    /// Binds `config.host:config.port` (port 0 picks a free one).
+    /// Binds `config.host:config.port` for HTTP and `config.host:config.grpc_port` for gRPC
+    /// (port 0 picks a free one). An error names the address and the variable that set it.
     pub async fn bind(config: &Config, model: Model) -> std::io::Result<Server> {
-        let listener = TcpListener::bind((config.host, config.port)).await?;
+        let bind = |port: u16, variable: &'static str| async move {
+            TcpListener::bind((config.host, port)).await.map_err(|err| {
+                std::io::Error::new(
+                    err.kind(),
+                    format!(
+                        "cannot listen on {}:{port} ({variable}): {err}",
+                        config.host
+                    ),
+                )
+            })
+        };
+        let listener = bind(config.port, "PORT").await?;
+        let grpc_listener = bind(config.grpc_port, "GRPC_PORT").await?;
         Ok(Server {
             listener,
+            grpc_listener,
             state: AppState::new(model),
             shutdown_timeout: config.shutdown_timeout,
         })
     }
 
-    /// The address the listener is bound to (with the port picked when the config said 0).
+    /// The address the HTTP listener is bound to (with the port picked when the config said 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The address the gRPC listener is bound to (with the port picked when the config said 0).
+    pub fn grpc_local_addr(&self) -> SocketAddr {
+        self.grpc_listener
             .local_addr()
             .expect("a bound listener has an address")
     }
@@ -132,66 +149,89 @@ impl Server {
         &self.state
     }
 
-    /// Serves until `signal` completes; then stops accepting and waits for in-flight requests,
-    /// at most the drain timeout. Returns `Ok(true)` when every request finished in time.
+    /// Serves HTTP and gRPC until `signal` completes; then drains (see the module's steps):
+    /// NOT_SERVING in `grpc.health.v1`, no new connections on either port, in-flight requests
+    /// and RPCs finish, at most the drain timeout. Returns `Ok(true)` when both servers
+    /// finished in time.
     pub async fn run_until(
         self,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<bool> {
-        let (draining_tx, draining_rx) = oneshot::channel::<()>();
-        let app = router(self.state.clone());
-        let serve = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                signal.await;
-                tracing::info!(
-                    "shutdown requested: no new connections, finishing in-flight requests"
-                );
-                let _ = draining_tx.send(());
-            })
+        let Server {
+            listener,
+            grpc_listener,
+            state,
+            shutdown_timeout: timeout,
+        } = self;
+        let health = HealthReporter::new();
+        grpc::health::set_all(&health, ServingStatus::Serving).await;
+        let http = axum::serve(listener, router(state.clone()))
+            .with_graceful_shutdown(state.drain.started())
             .into_future();
-        let timeout = self.shutdown_timeout;
-        let deadline = async move {
-            match draining_rx.await {
-                Ok(()) => tokio::time::sleep(timeout).await,
-                Err(_) => std::future::pending().await,
-            }
+        // Built before anything is polled, so that serving starts on both ports at once and
+        // the signal is watched from the start.
+        let grpc = grpc::serve(
+            grpc_listener,
+            state.clone(),
+            health.clone(),
+            state.drain.started(),
+        )?;
+        let serve = async { tokio::try_join!(http, grpc) };
+        let drain = async {
+            signal.await;
+            tracing::info!("shutdown requested: no new connections, finishing in-flight requests");
+            // NOT_SERVING first, while every connection is still open to hear it.
+            grpc::health::set_all(&health, ServingStatus::NotServing).await;
+            state.drain.start();
+            tokio::time::sleep(timeout).await;
         };
         tokio::select! {
+            // The drain first: it watches the signal, which must be watched before any request
+            // is served.
+            biased;
+            () = drain => {
+                tracing::warn!(
+                    timeout_s = timeout.as_secs_f64(),
+                    in_flight = state.metrics.in_flight(),
+                    "drain timeout passed, closing the remaining connections"
+                );
+                Ok(false)
+            }
             result = serve => {
                 result?;
                 tracing::info!("all requests finished, exiting");
                 Ok(true)
             }
-            () = deadline => {
-                tracing::warn!(
-                    timeout_s = timeout.as_secs_f64(),
-                    in_flight = self.state.metrics.in_flight(),
-                    "drain timeout passed, closing the remaining connections"
-                );
-                Ok(false)
-            }
         }
     }
 }
 
-/// Completes on SIGTERM or SIGINT (ctrl-c).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Completes on SIGTERM or SIGINT (ctrl-c). The handlers are installed when this is called,
+/// not when the future is first polled: a signal that arrives while the servers start is then
+/// a drain, not the default action (an exit without one). Call it within the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, Signal, SignalKind};
+        let term = signal(SignalKind::terminate()).ok();
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        let wait = |signal: Option<Signal>| async move {
+            match signal {
+                Some(mut signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        async move {
+            tokio::select! {
+                () = wait(term) => {}
+                () = wait(interrupt) => {}
+            }
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -1,22 +1,33 @@
-//! What every handler shares: the application state ([`AppState`]: the model, the metrics,
-//! values computed once), the model name and the request limits.
+//! What every handler shares, over HTTP and gRPC alike: the application state ([`AppState`]:
+//! the model, the metrics, the drain, values computed once), the model name, the request
+//! limits and the rules a row must follow before the model sees it.
 //!
-//! It sits below both the server and the handlers so that the arrows point one way:
-//! [`crate::server`] mounts [`crate::routes`], and both read this module; a handler never
-//! needs the server that mounts it.
+//! It sits below the server and both kinds of handlers so that the arrows point one way:
+//! [`crate::server`] mounts [`crate::routes`] and [`crate::grpc`], and all of them read this
+//! module; a handler never needs the server that mounts it.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
+use std::{
+    fmt,
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
 };
 
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
+use tokio::sync::watch;
 
 use crate::{
     error::ApiError,
     metrics::Metrics,
-    model::{Model, Prediction, N_FEATURES},
+    model::{Model, Prediction, FEATURE_NAMES, N_FEATURES},
 };
+
+/// The response header (gRPC: response metadata) carrying the model version.
+pub static X_MODEL_VERSION: HeaderName = HeaderName::from_static("x-model-version");
+/// The request and response header (gRPC: metadata) carrying the request id.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The largest request body accepted; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -40,6 +51,101 @@ pub fn check_batch(rows: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Why a row is refused before the model sees it. The model itself then refuses values outside
+/// its accepted range ([`crate::model::OutOfRange`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RowError {
+    /// Not exactly [`N_FEATURES`] values: how many there were.
+    Count(usize),
+    /// A value that is not a finite number (NaN or an infinity).
+    NotFinite { feature: usize, value: f64 },
+}
+
+impl fmt::Display for RowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            RowError::Count(n) => write!(
+                f,
+                "expected {N_FEATURES} features (sepal length, sepal width, petal length, petal width), got {n}"
+            ),
+            RowError::NotFinite { feature, value } => write!(
+                f,
+                "feature {feature} ({}) is {value}: feature values must be finite numbers",
+                FEATURE_NAMES[feature]
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RowError {}
+
+impl From<RowError> for ApiError {
+    /// 422, as for any well-formed request with the wrong content.
+    fn from(err: RowError) -> ApiError {
+        ApiError::unprocessable(err.to_string())
+    }
+}
+
+/// The row of `values`: exactly [`N_FEATURES`] finite numbers, or why not. The model checks
+/// their range when predicting.
+pub fn row_from<T: Copy + Into<f64>>(values: &[T]) -> Result<[f64; N_FEATURES], RowError> {
+    let &[a, b, c, d] = values else {
+        return Err(RowError::Count(values.len()));
+    };
+    check_finite([a.into(), b.into(), c.into(), d.into()])
+}
+
+/// `row` itself if every value is a finite number.
+pub fn check_finite(row: [f64; N_FEATURES]) -> Result<[f64; N_FEATURES], RowError> {
+    match row.iter().position(|v| !v.is_finite()) {
+        Some(feature) => Err(RowError::NotFinite {
+            feature,
+            value: row[feature],
+        }),
+        None => Ok(row),
+    }
+}
+
+/// Whether the service is draining: set once, when the shutdown signal arrives. Read without a
+/// lock by the health answers; awaited by both servers (to stop accepting) and by the
+/// `grpc.health.v1` watch streams (to end).
+#[derive(Debug)]
+pub struct Drain {
+    started: AtomicBool,
+    tx: watch::Sender<bool>,
+}
+
+impl Default for Drain {
+    fn default() -> Drain {
+        Drain {
+            started: AtomicBool::new(false),
+            tx: watch::Sender::new(false),
+        }
+    }
+}
+
+impl Drain {
+    /// Starts the drain; every [`Drain::started`] future completes.
+    pub fn start(&self) {
+        self.started.store(true, Ordering::SeqCst);
+        self.tx.send_replace(true);
+    }
+
+    /// Whether the drain has started.
+    pub fn has_started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Completes once the drain has started (at once if it already has).
+    pub fn started(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.tx.subscribe();
+        async move {
+            // An error means the sender is gone with the state: nothing left to serve either.
+            let _ = rx.wait_for(|started| *started).await;
+        }
+    }
+}
+
 /// What every handler can see: the model, the metrics, and values computed once.
 #[derive(Debug, Clone)]
 pub struct AppState(Arc<Inner>);
@@ -49,8 +155,10 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     /// The model this process serves.
     pub model: Model,
-    /// The counters `/metrics` renders.
+    /// The counters `/metrics` renders, for HTTP and gRPC requests alike.
     pub metrics: Metrics,
+    /// Whether the shutdown signal has arrived.
+    pub drain: Drain,
     version_header: HeaderValue,
     request_id_prefix: String,
     next_request_id: AtomicU64,
@@ -80,6 +188,7 @@ impl AppState {
         AppState(Arc::new(Inner {
             model,
             metrics: Metrics::default(),
+            drain: Drain::default(),
             version_header,
             request_id_prefix: prefix,
             next_request_id: AtomicU64::new(1),
@@ -121,6 +230,15 @@ impl AppState {
         &self.version_header
     }
 
+    /// The request id of a request that came with `given` in [`X_REQUEST_ID`]: the client's
+    /// own if it is short printable ASCII, otherwise a new one.
+    pub(crate) fn request_id(&self, given: Option<&HeaderValue>) -> HeaderValue {
+        match given {
+            Some(id) if is_acceptable_request_id(id) => id.clone(),
+            _ => self.new_request_id(),
+        }
+    }
+
     /// A new request id: this process's prefix and the next number of its counter.
     pub(crate) fn new_request_id(&self) -> HeaderValue {
         let n = self.next_request_id.fetch_add(1, Ordering::Relaxed);
@@ -129,9 +247,61 @@ impl AppState {
     }
 }
 
+/// A client's request id is echoed if it is short printable ASCII; otherwise we make one.
+fn is_acceptable_request_id(id: &HeaderValue) -> bool {
+    !id.is_empty() && id.len() <= 200 && id.as_bytes().iter().all(|b| b.is_ascii_graphic())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_need_exactly_four_finite_numbers() {
+        assert_eq!(row_from(&[1.0f32, 2.0, 3.0, 4.0]), Ok([1.0, 2.0, 3.0, 4.0]));
+        assert_eq!(row_from(&[1.0f64; 3]), Err(RowError::Count(3)));
+        let err = row_from(&[1.0f32, 2.0, f32::NAN, 4.0]).unwrap_err();
+        assert!(matches!(err, RowError::NotFinite { feature: 2, .. }));
+        assert!(
+            err.to_string().contains("feature 2 (petal length) is NaN"),
+            "{err}"
+        );
+        let err = row_from(&[f64::INFINITY, 2.0, 3.0, 4.0]).unwrap_err();
+        assert!(err.to_string().contains("is inf"), "{err}");
+    }
+
+    #[test]
+    fn request_ids_are_echoed_only_when_printable_and_short() {
+        let state = AppState::new(test_model());
+        let given = HeaderValue::from_static("abc-123");
+        assert_eq!(state.request_id(Some(&given)), given);
+        let long = HeaderValue::from_str(&"a".repeat(201)).unwrap();
+        for bad in [
+            HeaderValue::from_static(""),
+            HeaderValue::from_static("a b"),
+            long,
+        ] {
+            assert_ne!(state.request_id(Some(&bad)), bad);
+        }
+        assert_ne!(state.request_id(None), state.request_id(None));
+    }
+
+    #[tokio::test]
+    async fn the_drain_is_seen_by_readers_and_waiters() {
+        let drain = Drain::default();
+        let waiter = tokio::spawn(drain.started());
+        assert!(!drain.has_started());
+        drain.start();
+        assert!(drain.has_started());
+        waiter.await.unwrap();
+        // A waiter created after the start completes at once.
+        drain.started().await;
+    }
+
+    fn test_model() -> Model {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/v1.0.0");
+        Model::load(&dir, None).expect("the committed model loads")
+    }
 
     #[test]
     fn batch_limits() {

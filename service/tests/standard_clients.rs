@@ -4,6 +4,8 @@
 //! 2. `tritonclient.http`, the standard KServe V2 / Triton HTTP client, runs
 //!    `tests/clients/triton_http.py`: health, metadata, and inference on the golden rows with
 //!    FP32 and FP64 tensors (it sends its JSON bodies without a `Content-Type`);
+//!    `tritonclient.grpc` runs `tests/clients/triton_grpc.py`, the same over the Open
+//!    Inference Protocol's gRPC service (tensors as `raw_input_contents`), plus the error codes;
 //! 3. `schemathesis` tests the service against its own `/openapi.json`: every check (response
 //!    schema conformance, not a server error, positive data accepted, negative data refused,
 //!    ...) over every phase, with a fixed seed and bounded examples so a run is reproducible;
@@ -23,7 +25,7 @@ use std::{
     time::Duration,
 };
 
-use common::{model_dir, spawn_service, wait_exit};
+use common::{model_dir, spawn_service, start_service, wait_exit};
 
 /// The environment variable naming the virtual environment with the tools.
 const VENV_VAR: &str = "CLIENTS_VENV";
@@ -55,6 +57,35 @@ fn tritonclient_http_checks_health_metadata_and_infers_the_golden_rows() {
     assert!(
         status.success(),
         "tritonclient.http checks failed ({status}): see above"
+    );
+}
+
+#[test]
+fn tritonclient_grpc_checks_health_metadata_errors_and_infers_the_golden_rows() {
+    let Some(venv) = venv("tritonclient_grpc") else {
+        return;
+    };
+    let python = tool(&venv, "python");
+    let mut service = start_service(&[
+        ("MODEL_PATH", model_dir("v1.0.0").display().to_string()),
+        ("MODEL_VERSION", "v1.0.0".to_owned()),
+    ]);
+    let line = service.wait_for_line("listening", Duration::from_secs(30));
+    let grpc_addr = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("grpc_addr="))
+        .unwrap_or_else(|| panic!("no grpc_addr= in {line:?}"))
+        .to_owned();
+    let mut child = Command::new(&python)
+        .arg(clients_dir().join("triton_grpc.py"))
+        .arg(&grpc_addr)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", python.display()));
+    let status = wait_exit(&mut child, TRITON_TIMEOUT);
+    assert!(
+        status.success(),
+        "tritonclient.grpc checks failed ({status}): see above"
     );
 }
 
@@ -114,7 +145,7 @@ fn venv(test: &str) -> Option<PathBuf> {
         ),
         _ => {
             println!(
-                "{test}: skipped: {VENV_VAR} is not set (`cargo xtask ci` sets it to a virtual environment with tritonclient[http] and schemathesis)"
+                "{test}: skipped: {VENV_VAR} is not set (`cargo xtask ci` sets it to a virtual environment with tritonclient[http,grpc], schemathesis and grpcio-tools)"
             );
             None
         }

@@ -21,13 +21,17 @@ use crate::domain::Color;
 /// Named defaults, the same values the committed `deploy.toml` spells out.
 pub mod defaults {
     pub const BALANCER_PORT: u16 = 8080;
+    /// The balancer's gRPC port (HTTP/2 cleartext), and each color's.
+    pub const BALANCER_GRPC_PORT: u16 = 50050;
     pub const BUCKETS: u16 = 100;
     /// The latency budget: how long nginx waits for a color's answer before it tries the other.
     pub const READ_TIMEOUT_SECS: u64 = 3;
     pub const BLUE_VERSION: &str = "v1.0.0";
     pub const BLUE_PORT: u16 = 8081;
+    pub const BLUE_GRPC_PORT: u16 = 50051;
     pub const GREEN_VERSION: &str = "v1.1.0";
     pub const GREEN_PORT: u16 = 8082;
+    pub const GREEN_GRPC_PORT: u16 = 50052;
     pub const LOCAL_STATE_DIR: &str = ".deploy/local";
     pub const COMPOSE_PROJECT: &str = "mldeploy";
     pub const COMPOSE_IMAGE: &str = "ml-service";
@@ -58,6 +62,8 @@ pub struct DeployConfig {
 pub struct Balancer {
     /// The public port (bound to 127.0.0.1 by the local runtime).
     pub port: u16,
+    /// The public gRPC port (HTTP/2 cleartext), routed by the same route generation.
+    pub grpc_port: u16,
     /// Route buckets: the split moves in steps of `100 / buckets` percent.
     pub buckets: u16,
     /// The latency budget: a color that has not answered within it (hung, or far too slow)
@@ -72,6 +78,8 @@ pub struct ColorConfig {
     pub version: String,
     /// The color's direct port on 127.0.0.1 (not through the balancer).
     pub port: u16,
+    /// The color's direct gRPC port on 127.0.0.1.
+    pub grpc_port: u16,
 }
 
 /// `[local]`: the local runtime.
@@ -135,16 +143,19 @@ impl Default for DeployConfig {
         DeployConfig {
             balancer: Balancer {
                 port: BALANCER_PORT,
+                grpc_port: BALANCER_GRPC_PORT,
                 buckets: BUCKETS,
                 read_timeout: Duration::from_secs(READ_TIMEOUT_SECS),
             },
             blue: ColorConfig {
                 version: BLUE_VERSION.into(),
                 port: BLUE_PORT,
+                grpc_port: BLUE_GRPC_PORT,
             },
             green: ColorConfig {
                 version: GREEN_VERSION.into(),
                 port: GREEN_PORT,
+                grpc_port: GREEN_GRPC_PORT,
             },
             local: Local {
                 state_dir: LOCAL_STATE_DIR.into(),
@@ -187,6 +198,7 @@ pub fn parse(text: &str) -> Result<DeployConfig> {
     let config = DeployConfig {
         balancer: Balancer {
             port: port(&doc, "balancer", "port", d.balancer.port)?,
+            grpc_port: port(&doc, "balancer", "grpc_port", d.balancer.grpc_port)?,
             buckets: int(
                 &doc,
                 "balancer",
@@ -207,10 +219,12 @@ pub fn parse(text: &str) -> Result<DeployConfig> {
         blue: ColorConfig {
             version: version(&doc, "blue", &d.blue.version)?,
             port: port(&doc, "blue", "port", d.blue.port)?,
+            grpc_port: port(&doc, "blue", "grpc_port", d.blue.grpc_port)?,
         },
         green: ColorConfig {
             version: version(&doc, "green", &d.green.version)?,
             port: port(&doc, "green", "port", d.green.port)?,
+            grpc_port: port(&doc, "green", "grpc_port", d.green.grpc_port)?,
         },
         local: Local {
             state_dir: string(
@@ -256,6 +270,9 @@ pub fn parse(text: &str) -> Result<DeployConfig> {
         ("balancer.port", config.balancer.port),
         ("blue.port", config.blue.port),
         ("green.port", config.green.port),
+        ("balancer.grpc_port", config.balancer.grpc_port),
+        ("blue.grpc_port", config.blue.grpc_port),
+        ("green.grpc_port", config.green.grpc_port),
     ];
     for (i, (a, pa)) in ports.iter().enumerate() {
         for (b, pb) in &ports[i + 1..] {
@@ -388,18 +405,25 @@ mod tests {
     #[test]
     fn values_override_the_defaults() {
         let config =
-            parse("[balancer]\nport = 9000\nbuckets = 20\nread_timeout_secs = 7\n[green]\nversion = \"v2.0.0\"\n")
+            parse("[balancer]\nport = 9000\ngrpc_port = 9001\nbuckets = 20\nread_timeout_secs = 7\n[green]\nversion = \"v2.0.0\"\n")
                 .unwrap();
         assert_eq!(
             config.balancer,
             Balancer {
                 port: 9000,
+                grpc_port: 9001,
                 buckets: 20,
                 read_timeout: Duration::from_secs(7),
             }
         );
         assert_eq!(config.green.version, "v2.0.0");
         assert_eq!(config.green.port, defaults::GREEN_PORT);
+        assert_eq!(config.green.grpc_port, defaults::GREEN_GRPC_PORT);
+        let err = parse("[blue]\ngrpc_port = 8080\n").unwrap_err().to_string();
+        assert!(
+            err.contains("`balancer.port` and `blue.grpc_port` are both 8080"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -271,6 +271,10 @@ pub enum BenchTarget {
     /// seconds) under load, with nginx's default read timeout and with the latency budget:
     /// failed requests, p99 and max latency, time until the standby answers.
     Hang,
+    /// gRPC unary Predict direct and through nginx against HTTP/JSON predict in the same run
+    /// (req/s, p50, p99; `--connections` calls in flight over 4 HTTP/2 channels), then failed
+    /// RPCs while switching under gRPC load.
+    Grpc,
 }
 
 #[derive(Debug, Args)]

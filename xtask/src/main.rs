@@ -15,6 +15,7 @@ mod config;
 mod docker;
 mod domain;
 mod flags;
+mod grpc;
 mod host;
 mod http;
 mod images;

@@ -33,6 +33,12 @@ pub struct NginxParams {
     pub blue: String,
     /// Green's upstream address (`host:port`).
     pub green: String,
+    /// The gRPC server's `listen` argument (HTTP/2 cleartext): `127.0.0.1:50050` locally.
+    pub grpc_listen: String,
+    /// Blue's gRPC address (`host:port`).
+    pub blue_grpc: String,
+    /// Green's gRPC address (`host:port`).
+    pub green_grpc: String,
     /// The route directory: `<route_dir>/current` is the symlink to the active generation.
     pub route_dir: String,
     /// How many buckets `split_clients` spreads requests over (1..=10000).
@@ -56,6 +62,13 @@ pub const TESTER_TOKEN_COOKIE: &str = "deploy_token";
 
 /// The largest request body the balancer accepts (the service has its own, smaller limit).
 pub const MAX_BODY: &str = "1m";
+/// The largest gRPC request the balancer passes on: above the service's own 1 MiB message
+/// limit, so the service answers RESOURCE_EXHAUSTED rather than nginx a bare 413.
+pub const MAX_GRPC_BODY: &str = "4m";
+/// What a gRPC client is told when nginx could not complete its call on either color (the
+/// color died with the call in flight, and nginx does not resend a gRPC request it has begun
+/// to stream).
+pub const GRPC_UNAVAILABLE_MESSAGE: &str = "balancer: the color serving this call failed before it answered; Predict is idempotent, retry it";
 /// The balancer's own health endpoint, answered by nginx without touching a color.
 pub const HEALTH_PATH: &str = "/_balancer/health";
 /// What the balancer's health says when it cannot read a route generation.
@@ -71,6 +84,9 @@ impl NginxParams {
             listen: "8080".into(),
             blue: "blue:8080".into(),
             green: "green:8080".into(),
+            grpc_listen: crate::runtime::compose::BALANCER_GRPC_PORT.to_string(),
+            blue_grpc: format!("blue:{}", crate::runtime::compose::CONTAINER_GRPC_PORT),
+            green_grpc: format!("green:{}", crate::runtime::compose::CONTAINER_GRPC_PORT),
             route_dir: "/var/lib/mldeploy/routes".into(),
             buckets: crate::config::defaults::BUCKETS,
             pid_path: "/tmp/nginx.pid".into(),
@@ -168,7 +184,12 @@ pub fn render(p: &NginxParams) -> String {
         "    # The color that answered: the last address nginx tried."
     );
     let _ = writeln!(w, "    map \"$color|$upstream_addr\" $served_by {{");
-    for (color, addr) in [("blue", &p.blue), ("green", &p.green)] {
+    for (color, addr) in [
+        ("blue", &p.blue),
+        ("green", &p.green),
+        ("blue", &p.blue_grpc),
+        ("green", &p.green_grpc),
+    ] {
         if is_ip_literal(addr) {
             let _ = writeln!(w, "        \"~[| ]{}$\" {color};", regex_escape(addr));
         }
@@ -185,6 +206,17 @@ pub fn render(p: &NginxParams) -> String {
         let _ = writeln!(w, "        server {primary} max_fails=1 fail_timeout=2s;");
         let _ = writeln!(w, "        server {backup} backup;");
         let _ = writeln!(w, "        keepalive 32;");
+        let _ = writeln!(w, "    }}");
+    }
+    for (name, primary, backup) in [
+        ("grpc_blue", &p.blue_grpc, &p.green_grpc),
+        ("grpc_green", &p.green_grpc, &p.blue_grpc),
+    ] {
+        let _ = writeln!(w, "    upstream {name} {{");
+        let _ = writeln!(w, "        zone upstream_{name} 64k;");
+        let _ = writeln!(w, "        server {primary} max_fails=1 fail_timeout=2s;");
+        let _ = writeln!(w, "        server {backup} backup;");
+        let _ = writeln!(w, "        keepalive 64;");
         let _ = writeln!(w, "    }}");
     }
     let _ = writeln!(w);
@@ -205,19 +237,7 @@ pub fn render(p: &NginxParams) -> String {
     let _ = writeln!(w, "        }}");
     let _ = writeln!(w);
     let _ = writeln!(w, "        location / {{");
-    let _ = writeln!(w, "            set $color blue;");
-    let _ = writeln!(
-        w,
-        "            if (-f {}) {{",
-        q(&format!("{}/current/$bucket", p.route_dir))
-    );
-    let _ = writeln!(w, "                set $color green;");
-    let _ = writeln!(w, "            }}");
-    if p.testers.is_some() {
-        let _ = writeln!(w, "            if ($tester_color) {{");
-        let _ = writeln!(w, "                set $color $tester_color;");
-        let _ = writeln!(w, "            }}");
-    }
+    render_route(w, p);
     let _ = writeln!(w, "            proxy_pass http://$color;");
     let _ = writeln!(w, "            proxy_http_version 1.1;");
     let _ = writeln!(w, "            proxy_set_header Connection \"\";");
@@ -246,8 +266,91 @@ pub fn render(p: &NginxParams) -> String {
     let _ = writeln!(w, "            add_header X-Routed-To $color always;");
     let _ = writeln!(w, "        }}");
     let _ = writeln!(w, "    }}");
+    render_grpc_server(w, p);
     let _ = writeln!(w, "}}");
     out
+}
+
+/// Picks the request's color: blue unless its bucket is listed in the live route generation,
+/// then the testers' pick when there is one. Shared by the HTTP and the gRPC server, so one
+/// switch moves both protocols.
+fn render_route(w: &mut String, p: &NginxParams) {
+    let _ = writeln!(w, "            set $color blue;");
+    let _ = writeln!(
+        w,
+        "            if (-f {}) {{",
+        quote(&format!("{}/current/$bucket", p.route_dir))
+    );
+    let _ = writeln!(w, "                set $color green;");
+    let _ = writeln!(w, "            }}");
+    if p.testers.is_some() {
+        let _ = writeln!(w, "            if ($tester_color) {{");
+        let _ = writeln!(w, "                set $color $tester_color;");
+        let _ = writeln!(w, "            }}");
+    }
+}
+
+/// The gRPC server: HTTP/2 cleartext on its own port, each request (each stream, so a
+/// long-lived channel follows a switch at once) routed exactly like an HTTP request and passed
+/// to `grpc_<color>` with the same failover and latency budget. gRPC answers its own errors in
+/// trailers with HTTP status 200, so only transport failures move a call to the other color.
+fn render_grpc_server(w: &mut String, p: &NginxParams) {
+    let budget = p.read_timeout_secs.max(1);
+    let _ = writeln!(w);
+    let _ = writeln!(w, "    server {{");
+    let _ = writeln!(w, "        listen {} http2;", p.grpc_listen);
+    let _ = writeln!(
+        w,
+        "        # Long-lived channels: no forced reconnection after a number of calls."
+    );
+    let _ = writeln!(w, "        keepalive_requests 1000000;");
+    let _ = writeln!(w, "        keepalive_timeout 1h;");
+    let _ = writeln!(
+        w,
+        "        # The service answers an oversized message with RESOURCE_EXHAUSTED itself."
+    );
+    let _ = writeln!(w, "        client_max_body_size {MAX_GRPC_BODY};");
+    let _ = writeln!(w);
+    let _ = writeln!(w, "        location / {{");
+    render_route(w, p);
+    let _ = writeln!(w, "            grpc_pass grpc://grpc_$color;");
+    let _ = writeln!(w, "            grpc_set_header X-Request-Id $req_id;");
+    let _ = writeln!(w, "            grpc_connect_timeout 1s;");
+    let _ = writeln!(w, "            grpc_send_timeout {budget}s;");
+    let _ = writeln!(w, "            grpc_read_timeout {budget}s;");
+    let _ = writeln!(
+        w,
+        "            grpc_next_upstream error timeout http_502 http_503 http_504 non_idempotent;"
+    );
+    let _ = writeln!(w, "            grpc_next_upstream_tries 3;");
+    let _ = writeln!(
+        w,
+        "            grpc_next_upstream_timeout {}s;",
+        (2 * budget + 2).max(10)
+    );
+    let _ = writeln!(w, "            add_header X-Served-By $served_by always;");
+    let _ = writeln!(w, "            add_header X-Routed-To $color always;");
+    let _ = writeln!(w, "            error_page 502 503 504 = @grpc_unavailable;");
+    let _ = writeln!(w, "        }}");
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "        # A call nginx could not complete on either color: UNAVAILABLE, the status gRPC"
+    );
+    let _ = writeln!(
+        w,
+        "        # clients and their retry policies understand, instead of an HTML error page."
+    );
+    let _ = writeln!(w, "        location @grpc_unavailable {{");
+    let _ = writeln!(w, "            default_type application/grpc;");
+    let _ = writeln!(w, "            add_header grpc-status 14 always;");
+    let _ = writeln!(
+        w,
+        "            add_header grpc-message \"{GRPC_UNAVAILABLE_MESSAGE}\" always;"
+    );
+    let _ = writeln!(w, "            return 204;");
+    let _ = writeln!(w, "        }}");
+    let _ = writeln!(w, "    }}");
 }
 
 /// Tester routing: `$tester_color` is the color a request names in the testers' header (or,
@@ -349,6 +452,9 @@ mod tests {
             listen: "127.0.0.1:8080".into(),
             blue: "127.0.0.1:8081".into(),
             green: "127.0.0.1:8082".into(),
+            grpc_listen: "127.0.0.1:50050".into(),
+            blue_grpc: "127.0.0.1:50051".into(),
+            green_grpc: "127.0.0.1:50052".into(),
             route_dir: "/srv/mldeploy/routes".into(),
             buckets: 4,
             pid_path: "/srv/mldeploy/nginx/nginx.pid".into(),

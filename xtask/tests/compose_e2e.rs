@@ -7,11 +7,13 @@
 //! Steps of [`compose_runtime_end_to_end`], on one stack:
 //! 1. `build` the images (offline when no registry answers), `up`, `smoke`; a broken nginx
 //!    config refused by `nginx -t` in the container while the old one keeps serving;
-//! 2. under continuous keep-alive load through the balancer: 10 switches, 3 rollbacks and 4
-//!    deploys (each recreating the standby container) with 0 failed requests, the served version
-//!    checked after each;
+//! 2. under continuous keep-alive load through the balancer, HTTP and gRPC at once: 10
+//!    switches, 3 rollbacks and 4 deploys (each recreating the standby container) with 0 failed
+//!    requests and 0 failed calls, the served version checked after each, every gRPC channel
+//!    following each move;
 //! 3. the standby container stopped → `switch` refused naming it, traffic unchanged;
-//! 4. the active container killed under load → every request still succeeds (the standby);
+//! 4. the active container killed under HTTP and gRPC load → every request and call still
+//!    succeeds (the standby);
 //! 5. a green built with a corrupted model → `deploy` refuses, traffic stays on blue;
 //! 6. `down` leaves no container, network or volume of the project.
 //!
@@ -34,10 +36,21 @@ use common::{
         build_corrupt_image, docker, docker_required, engine_available, Retag, BLUE_VERSION,
         GREEN_VERSION,
     },
+    grpc_load::{under_grpc_load, GrpcLoad},
     http,
     load::under_load,
     poll_until, project_root, run_ok, runs_ok, Stack,
 };
+
+/// gRPC load of the end-to-end test: channels and calls in flight on each.
+const GRPC_CHANNELS: usize = 2;
+const GRPC_STREAMS: usize = 8;
+
+/// Asserts the balancer serves `version` over HTTP and every gRPC channel follows.
+fn assert_serves(stack: &Stack, grpc: &GrpcLoad, version: &str, what: &str) {
+    assert_eq!(stack.served_version(5), version, "{what}");
+    grpc.wait_every_channel_sees(version);
+}
 
 /// The compose project of `compose_files_validate` (nothing is created under it).
 const PROJECT: &str = "mldeploy-e2e";
@@ -86,49 +99,54 @@ fn compose_runtime_end_to_end() {
     );
     stack.ok(&["smoke"]);
 
-    // 2. Switches and rollbacks under load.
-    let (switch_times, tally) = under_load(&stack.balancer, 4, |_| {
-        let mut expected = BLUE_VERSION;
-        let mut switch_times = Vec::new();
-        for i in 1..=10 {
-            switch_times.push(stack.ok(&["switch"]));
-            expected = flip(expected);
-            assert_eq!(stack.served_version(5), expected, "after switch {i}");
-            if [3, 6, 9].contains(&i) {
-                stack.ok(&["rollback"]);
+    // 2. Switches and rollbacks under HTTP and gRPC load.
+    let ((switch_times, grpc_tally), tally) = under_load(&stack.balancer, 4, |_| {
+        under_grpc_load(&stack.grpc_balancer, GRPC_CHANNELS, GRPC_STREAMS, |grpc| {
+            let mut expected = BLUE_VERSION;
+            let mut switch_times = Vec::new();
+            for i in 1..=10 {
+                switch_times.push(stack.ok(&["switch"]));
                 expected = flip(expected);
-                assert_eq!(
-                    stack.served_version(5),
-                    expected,
-                    "after the rollback following switch {i}"
+                assert_serves(&stack, grpc, expected, &format!("after switch {i}"));
+                if [3, 6, 9].contains(&i) {
+                    stack.ok(&["rollback"]);
+                    expected = flip(expected);
+                    assert_serves(
+                        &stack,
+                        grpc,
+                        expected,
+                        &format!("after the rollback following switch {i}"),
+                    );
+                }
+            }
+            // 10 switches + 3 rollbacks from blue: green is active now. Deploys recreate the standby
+            // container under the same load: v1.1.0 onto blue, v1.0.0 onto green, and back again.
+            assert_eq!(expected, GREEN_VERSION);
+            for (version, color) in [
+                (GREEN_VERSION, "blue"),
+                (BLUE_VERSION, "green"),
+                (BLUE_VERSION, "blue"),
+                (GREEN_VERSION, "green"),
+            ] {
+                let before = stack.container(color);
+                stack.ok(&["deploy", "--version", version]);
+                assert_ne!(
+                    stack.container(color),
+                    before,
+                    "deploy did not recreate {color}"
+                );
+                assert_serves(
+                    &stack,
+                    grpc,
+                    version,
+                    &format!("after deploying {version} to {color}"),
                 );
             }
-        }
-        // 10 switches + 3 rollbacks from blue: green is active now. Deploys recreate the standby
-        // container under the same load: v1.1.0 onto blue, v1.0.0 onto green, and back again.
-        assert_eq!(expected, GREEN_VERSION);
-        for (version, color) in [
-            (GREEN_VERSION, "blue"),
-            (BLUE_VERSION, "green"),
-            (BLUE_VERSION, "blue"),
-            (GREEN_VERSION, "green"),
-        ] {
-            let before = stack.container(color);
-            stack.ok(&["deploy", "--version", version]);
-            assert_ne!(
-                stack.container(color),
-                before,
-                "deploy did not recreate {color}"
-            );
-            assert_eq!(
-                stack.served_version(5),
-                version,
-                "after deploying {version} to {color}"
-            );
-        }
-        switch_times
+            switch_times
+        })
     });
     tally.assert_no_failures("switches, rollbacks and deploys");
+    grpc_tally.assert_no_failures("switches, rollbacks and deploys (gRPC)");
     for version in [BLUE_VERSION, GREEN_VERSION] {
         assert!(
             tally.versions.contains_key(version),
@@ -157,22 +175,27 @@ fn compose_runtime_end_to_end() {
     stack.ok(&["up"]);
 
     // 4. The active container killed under load: the standby answers.
-    let (served_by_green, tally) = under_load(&stack.balancer, 4, |load| {
-        assert_eq!(stack.served_version(20), BLUE_VERSION);
-        docker(&["kill", &stack.container("blue")]);
-        let served_by_green = poll_until(Duration::from_secs(30), || {
-            let response = http::get(&stack.balancer.addr, "/health").expect("GET /health");
-            (200..300).contains(&response.status)
-                && response.header("x-model-version") == GREEN_VERSION
-        });
-        // Keep the load running a while green answers alone.
-        load.wait_for_more(200);
-        let until = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < until {
-            stack.balancer.health();
-        }
-        served_by_green
+    let ((served_by_green, grpc_tally), tally) = under_load(&stack.balancer, 4, |load| {
+        under_grpc_load(&stack.grpc_balancer, GRPC_CHANNELS, GRPC_STREAMS, |grpc| {
+            assert_eq!(stack.served_version(20), BLUE_VERSION);
+            docker(&["kill", &stack.container("blue")]);
+            let served_by_green = poll_until(Duration::from_secs(30), || {
+                let response = http::get(&stack.balancer.addr, "/health").expect("GET /health");
+                (200..300).contains(&response.status)
+                    && response.header("x-model-version") == GREEN_VERSION
+            });
+            // Keep the load running a while green answers alone.
+            load.wait_for_more(200);
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                stack.balancer.health();
+            }
+            grpc.wait_every_channel_sees(GREEN_VERSION);
+            grpc.wait_for_more(500);
+            served_by_green
+        })
     });
+    grpc_tally.assert_no_failures("active container killed (gRPC)");
     assert!(
         served_by_green,
         "after killing blue, green never answered through the balancer"

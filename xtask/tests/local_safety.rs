@@ -39,6 +39,7 @@ fn switch_to_a_color_serving_the_wrong_version_is_refused() {
         .env("MODEL_PATH", common::project_root().join("models/v1.0.0"))
         .env("MODEL_VERSION", "v1.0.0")
         .env("PORT", d.ports[2].to_string())
+        .env("GRPC_PORT", d.ports[5].to_string())
         .env("HOST", "127.0.0.1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -1,6 +1,7 @@
 //! The Open Inference Protocol's (KServe V2) JSON shapes, field for field, with their schemas:
 //! what `routes::v2` reads and answers. Only data and the rules JSON Schema can state live
-//! here; the handlers and the tensor decoding are in `routes::v2`.
+//! here; the handlers and the reading of JSON data are in `routes::v2`, the protocol's rules in
+//! `crate::inference`.
 
 use serde::{de, Deserialize, Deserializer, Serialize};
 use serde_json::{json, Map, Number, Value};
@@ -15,12 +16,7 @@ use crate::{
     state::MAX_BATCH_ROWS,
 };
 
-/// The name of the model's input tensor.
-pub const INPUT_NAME: &str = "input-0";
-/// The output tensor with the predicted class indices.
-pub const OUTPUT_CLASS: &str = "class";
-/// The output tensor with the class probabilities.
-pub const OUTPUT_PROBABILITIES: &str = "probabilities";
+pub use crate::inference::{INPUT_NAME, OUTPUT_CLASS, OUTPUT_PROBABILITIES};
 
 /// `GET /v2/health/live` and `/v2/health/ready`.
 #[derive(Debug, Serialize, ToSchema)]

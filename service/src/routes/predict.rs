@@ -28,7 +28,7 @@ use crate::{
     error::{ApiError, ErrorBody},
     extract::JsonBody,
     model::{Prediction, FEATURE_LIMIT, N_CLASSES, N_FEATURES},
-    state::{check_batch, AppState, MAX_BATCH_ROWS},
+    state::{check_batch, check_finite, AppState, RowError, MAX_BATCH_ROWS},
 };
 
 /// This family's routes.
@@ -52,8 +52,9 @@ pub fn router() -> Router<AppState> {
 )]
 pub struct Doc;
 
-/// One input row: exactly four finite numbers. Deserialized straight into an array, so a
-/// request allocates nothing for its features. Their range is checked when predicting.
+/// One input row: exactly four finite numbers ([`RowError`] says why not, in the words the gRPC
+/// side uses too). Deserialized straight into an array, so a request allocates nothing for its
+/// features. Their range is checked when predicting.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Row(pub [f64; N_FEATURES]);
 
@@ -96,16 +97,9 @@ impl<'de> Visitor<'de> for RowVisitor {
             n += 1;
         }
         if n != N_FEATURES {
-            return Err(de::Error::custom(format_args!(
-                "expected {N_FEATURES} features (sepal length, sepal width, petal length, petal width), got {n}"
-            )));
+            return Err(de::Error::custom(RowError::Count(n)));
         }
-        if let Some(bad) = row.iter().find(|v| !v.is_finite()) {
-            return Err(de::Error::custom(format_args!(
-                "feature values must be finite numbers, got {bad}"
-            )));
-        }
-        Ok(Row(row))
+        check_finite(row).map(Row).map_err(de::Error::custom)
     }
 }
 

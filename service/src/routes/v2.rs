@@ -11,6 +11,10 @@
 //!   `[-FEATURE_LIMIT, FEATURE_LIMIT]`, else 422 naming the row and the feature;
 //! - the data must hold exactly `N × 4` values, else 400. This is the one rule of the request
 //!   that JSON Schema cannot state, so the document allows what this refuses.
+//!
+//! The rules shared with the gRPC form of the protocol (the model and version, the metadata,
+//! the tensor's datatype, shape, value count and range, the outputs) are in
+//! [`crate::inference`]; only reading JSON data is this module's own.
 
 use axum::{
     extract::State,
@@ -23,14 +27,17 @@ use utoipa::OpenApi;
 
 use super::oip::{
     HealthStatus, InferInput, InferOutput, InferRequest, InferResponse, ModelMetadata, ModelReady,
-    OutputData, RequestedOutput, ServerMetadata, TensorMetadata, INPUT_NAME, OUTPUT_CLASS,
+    OutputData, RequestedOutput, ServerMetadata, TensorMetadata, OUTPUT_CLASS,
     OUTPUT_PROBABILITIES,
 };
 use crate::{
     error::{ApiError, ErrorBody},
     extract::{PathParams, ProtocolJson},
-    model::{within, FEATURE_NAMES, N_CLASSES, N_FEATURES},
-    state::{check_batch, AppState, MODEL_NAME},
+    inference::{
+        self, batch_rows, check_model, one_input, requested_outputs, Datatype, TensorSpec,
+    },
+    model::{N_CLASSES, N_FEATURES},
+    state::{AppState, MODEL_NAME},
 };
 
 /// This family's routes.
@@ -111,9 +118,9 @@ pub async fn ready() -> Json<HealthStatus> {
     responses((status = 200, description = "Server metadata", body = ServerMetadata)))]
 pub async fn server_metadata() -> Json<ServerMetadata> {
     Json(ServerMetadata {
-        name: "ml-service".to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        extensions: vec![],
+        name: inference::SERVER_NAME.to_owned(),
+        version: inference::SERVER_VERSION.to_owned(),
+        extensions: inference::EXTENSIONS.map(str::to_owned).to_vec(),
     })
 }
 
@@ -216,44 +223,30 @@ pub async fn infer_version(
     run_inference(&state, request)
 }
 
-fn check_model(state: &AppState, name: &str, version: Option<&str>) -> Result<(), ApiError> {
-    if name != MODEL_NAME {
-        return Err(ApiError::not_found(format!(
-            "unknown model {name:?}: this server serves {MODEL_NAME:?}"
-        )));
-    }
-    if let Some(version) = version {
-        if version != state.model.version() {
-            return Err(ApiError::not_found(format!(
-                "model {MODEL_NAME:?} has no version {version:?}: this server serves {:?}",
-                state.model.version()
-            )));
-        }
-    }
-    Ok(())
-}
-
 fn metadata(state: &AppState) -> ModelMetadata {
-    let tensor = |name: &str, datatype: &str, shape: Vec<i64>| TensorMetadata {
-        name: name.to_owned(),
-        datatype: datatype.to_owned(),
-        shape,
+    let tensor = |spec: &TensorSpec| TensorMetadata {
+        name: spec.name.to_owned(),
+        datatype: spec.datatype.to_owned(),
+        shape: spec.shape.to_vec(),
     };
     ModelMetadata {
         name: MODEL_NAME.to_owned(),
         versions: vec![state.model.version().to_owned()],
-        platform: "linfa-logistic".to_owned(),
-        inputs: vec![tensor(INPUT_NAME, "FP32", vec![-1, N_FEATURES as i64])],
-        outputs: vec![
-            tensor(OUTPUT_CLASS, "INT64", vec![-1]),
-            tensor(OUTPUT_PROBABILITIES, "FP64", vec![-1, N_CLASSES as i64]),
-        ],
+        platform: inference::PLATFORM.to_owned(),
+        inputs: inference::INPUTS.iter().map(tensor).collect(),
+        outputs: inference::OUTPUTS.iter().map(tensor).collect(),
     }
 }
 
 fn run_inference(state: &AppState, request: InferRequest) -> Result<Response, ApiError> {
     let rows = input_rows(&request.inputs)?;
-    let (want_class, want_probabilities) = requested_outputs(request.outputs.as_deref())?;
+    let (want_class, want_probabilities) = requested_outputs(
+        request
+            .outputs
+            .iter()
+            .flatten()
+            .map(|output| output.name.as_str()),
+    )?;
     let predictions = state.predict_all(&rows)?;
     let n = rows.len();
     let mut outputs = Vec::with_capacity(2);
@@ -282,66 +275,14 @@ fn run_inference(state: &AppState, request: InferRequest) -> Result<Response, Ap
     Ok(Json(response).into_response())
 }
 
-/// The rows of the single `[N, 4]` FP32/FP64 input tensor. FP32 values are rounded to FP32
-/// (what a client holding FP32 data meant) after checking they lie within its range; the model
-/// checks the range of FP64 values when predicting.
+/// The rows of the single `[N, 4]` FP32/FP64 input tensor, by the rules of
+/// [`crate::inference`]; the data may be flat or nested.
 pub fn input_rows(inputs: &[InferInput]) -> Result<Vec<[f64; N_FEATURES]>, ApiError> {
-    let [input] = inputs else {
-        return Err(ApiError::bad_request(format!(
-            "expected exactly one input tensor ({INPUT_NAME:?}, shape [N, {N_FEATURES}]), got {}",
-            inputs.len()
-        )));
-    };
-    let fp32 = match input.datatype.as_str() {
-        "FP32" => true,
-        "FP64" => false,
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "input {:?} has datatype {other:?}; expected \"FP32\" or \"FP64\"",
-                input.name
-            )))
-        }
-    };
-    let n = match input.shape.as_slice() {
-        [n, f] if *n >= 0 && *f == N_FEATURES as i64 => *n as usize,
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "input {:?} has shape {other:?}; expected [N, {N_FEATURES}]",
-                input.name
-            )))
-        }
-    };
-    check_batch(n)?;
+    let input = one_input(inputs)?;
+    let datatype = Datatype::parse(&input.name, &input.datatype)?;
+    let n = batch_rows(&input.name, &input.shape)?;
     let flat = flatten(&input.name, &input.data, n * N_FEATURES)?;
-    if flat.len() != n * N_FEATURES {
-        return Err(ApiError::bad_request(format!(
-            "input {:?} has {} values but shape [{n}, {N_FEATURES}] needs {}",
-            input.name,
-            flat.len(),
-            n * N_FEATURES
-        )));
-    }
-    let mut rows: Vec<[f64; N_FEATURES]> = flat
-        .chunks_exact(N_FEATURES)
-        .map(|c| [c[0], c[1], c[2], c[3]])
-        .collect();
-    if fp32 {
-        let limit = f64::from(f32::MAX);
-        for (i, row) in rows.iter_mut().enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                if !within(*v, limit) {
-                    return Err(ApiError::unprocessable(format!(
-                        "row {i}: feature {j} ({}) is {v:e}, outside the FP32 range [{:e}, {:e}]",
-                        FEATURE_NAMES[j],
-                        -f32::MAX,
-                        f32::MAX
-                    )));
-                }
-                *v = f64::from(*v as f32);
-            }
-        }
-    }
-    Ok(rows)
+    inference::rows(&input.name, datatype, n, flat.into_iter())
 }
 
 /// The numbers of `data` in row-major order: either all numbers (flat) or all rows of 4
@@ -394,31 +335,11 @@ fn push_number(
     }
 }
 
-/// Which outputs to send: both unless the request names some; unknown names are an error.
-fn requested_outputs(outputs: Option<&[RequestedOutput]>) -> Result<(bool, bool), ApiError> {
-    let Some(outputs) = outputs.filter(|o| !o.is_empty()) else {
-        return Ok((true, true));
-    };
-    let (mut class, mut probabilities) = (false, false);
-    for output in outputs {
-        match output.name.as_str() {
-            OUTPUT_CLASS => class = true,
-            OUTPUT_PROBABILITIES => probabilities = true,
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown output {other:?}: this model has {OUTPUT_CLASS:?} and {OUTPUT_PROBABILITIES:?}"
-                )))
-            }
-        }
-    }
-    Ok((class, probabilities))
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
-    use super::*;
+    use super::{super::oip::INPUT_NAME, *};
 
     fn input(datatype: &str, shape: Vec<i64>, data: Value) -> InferInput {
         InferInput {
@@ -534,23 +455,5 @@ mod tests {
         // FP64 keeps the value; the model's range is checked when predicting.
         let rows = input_rows(&[input("FP64", vec![1, 4], json!([1e300, 2, 3, 4]))]).unwrap();
         assert_eq!(rows[0][0], 1e300);
-    }
-
-    #[test]
-    fn outputs_can_be_chosen() {
-        let ask = |names: &[&str]| {
-            let o: Vec<RequestedOutput> = names
-                .iter()
-                .map(|n| RequestedOutput {
-                    name: n.to_string(),
-                    parameters: None,
-                })
-                .collect();
-            requested_outputs(Some(&o))
-        };
-        assert_eq!(requested_outputs(None).unwrap(), (true, true));
-        assert_eq!(ask(&["class"]).unwrap(), (true, false));
-        assert_eq!(ask(&["probabilities"]).unwrap(), (false, true));
-        assert!(ask(&["logits"]).is_err());
     }
 }

@@ -132,9 +132,11 @@ pub async fn post_json(app: &Router, uri: &str, body: impl Into<Body>) -> Answer
     .await
 }
 
-/// An in-process server on a free loopback port, stopped through [`TestServer::shutdown`].
+/// An in-process server on free loopback ports (HTTP and gRPC), stopped through
+/// [`TestServer::shutdown`].
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: tokio::task::JoinHandle<std::io::Result<bool>>,
 }
@@ -146,18 +148,21 @@ impl TestServer {
             model_version: Some(version.to_owned()),
             host: Ipv4Addr::LOCALHOST.into(),
             port: 0,
+            grpc_port: 0,
             shutdown_timeout,
         };
         let server = Server::bind(&config, load(version))
             .await
             .expect("bind a free port");
         let addr = server.local_addr();
+        let grpc_addr = server.grpc_local_addr();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(server.run_until(async move {
             let _ = rx.await;
         }));
         TestServer {
             addr,
+            grpc_addr,
             shutdown: Some(tx),
             handle,
         }
@@ -165,6 +170,17 @@ impl TestServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The gRPC endpoint's URI, for tonic clients.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Signals shutdown and hands back the server task, so a test can watch the drain.
+    pub fn begin_shutdown(mut self) -> tokio::task::JoinHandle<std::io::Result<bool>> {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.handle
     }
 
     /// Signals shutdown and returns whether every request finished within the drain timeout.
@@ -235,14 +251,15 @@ pub fn spawn_service_logging_to(env: &[(&str, String)], output: &Path) -> (Proce
     (process, addr)
 }
 
-/// Starts `ml-service` with `env` (PORT=0 unless `env` says otherwise); a piped stdout is read
-/// line by line into [`Process::lines`].
+/// Starts `ml-service` with `env` (PORT=0 and GRPC_PORT=0 unless `env` says otherwise); a piped
+/// stdout is read line by line into [`Process::lines`].
 pub fn start_service_with(env: &[(&str, String)], stdout: Stdio, stderr: Stdio) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ml-service"));
     command
         .env_clear()
         .env("HOST", "127.0.0.1")
         .env("PORT", "0")
+        .env("GRPC_PORT", "0")
         .env("RUST_LOG", "info")
         .stdout(stdout)
         .stderr(stderr);

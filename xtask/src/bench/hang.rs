@@ -107,16 +107,23 @@ fn measure(sh: &Shell, budget: u64, hang: Duration) -> Result<Measured> {
     let dir = project_root().join("target/bench/hang");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).context("create the benchmark folder")?;
-    let ports = [free_port()?, free_port()?, free_port()?];
+    let mut ports = [0; 6];
+    for port in &mut ports {
+        *port = free_port()?;
+    }
     let config_path = dir.join("deploy.toml");
     fs::write(
         &config_path,
         format!(
-            "[balancer]\nport = {}\nread_timeout_secs = {budget}\n[blue]\nport = {}\n[green]\nport = {}\n\
+            "[balancer]\nport = {}\ngrpc_port = {}\nread_timeout_secs = {budget}\n\
+             [blue]\nport = {}\ngrpc_port = {}\n[green]\nport = {}\ngrpc_port = {}\n\
              [local]\nstate_dir = \"{}\"\n",
             ports[0],
+            ports[3],
             ports[1],
+            ports[4],
             ports[2],
+            ports[5],
             dir.join("state").display()
         ),
     )?;

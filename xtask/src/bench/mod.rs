@@ -7,12 +7,16 @@
 //! - `bench compose`: the docker compose runtime on a private project (image size, `up`, a
 //!   container's start, switch wall time, throughput and failed requests while switching).
 //!
-//! - `bench hang`: the active color hanging under load, before and after the latency budget.
+//! - `bench hang`: the active color hanging under load, before and after the latency budget;
+//! - `bench grpc`: gRPC unary `Predict` direct and through nginx against HTTP/JSON in the same
+//!   run, and failed RPCs while switching.
 //!
 //! `wrk` runs the load for the first three (`hang` has its own client, which waits for
-//! answers); `report` writes their sections of the document.
+//! answers; `grpc` its own tonic client for the gRPC side, wrk for the HTTP side); `report`
+//! writes their sections of the document.
 
 mod compose;
+mod grpc;
 mod hang;
 mod report;
 mod service;
@@ -32,6 +36,7 @@ impl flags::Bench {
             BenchTarget::Switch => switch::run(sh, global, &self),
             BenchTarget::Compose => compose::run(sh, global, &self),
             BenchTarget::Hang => hang::run(sh, global, &self),
+            BenchTarget::Grpc => grpc::run(sh, global, &self),
         }
     }
 }

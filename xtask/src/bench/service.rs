@@ -162,6 +162,7 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
         .env("MODEL_VERSION", VERSION)
         .env("HOST", "127.0.0.1")
         .env("PORT", port.to_string())
+        .env("GRPC_PORT", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

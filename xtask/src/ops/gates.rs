@@ -3,44 +3,101 @@
 //! [`GATES`] is the list, in order; each is named so the error says which one failed and why:
 //! 1. `health`: `GET /health` answers 200 `{"status":"ok","version":<expected>}`;
 //! 2. `predictions`: the golden Iris rows are classified as expected (a model-aware gate);
-//! 3. `bad-input`: malformed JSON and a wrong feature count get a 4xx, not a 5xx.
+//! 3. `bad-input`: malformed JSON and a wrong feature count get a 4xx, not a 5xx;
+//! 4. `grpc-health`: the standard `grpc.health.v1` check on the color's gRPC port is SERVING;
+//! 5. `grpc-predictions`: the golden rows over gRPC `Predict` give the expected classes with the
+//!    expected version (in the message and the `x-model-version` metadata), and a wrong feature
+//!    count gets `INVALID_ARGUMENT`.
 //!
 //! A new gate is one entry in [`GATES`]. The operation engine reaches colors and the balancer
 //! only through [`Checks`], so its failure paths can be tested without sockets; [`Http`] is the
 //! real implementation. The checks of each reply are pure functions ([`check_health`],
 //! [`check_prediction`], [`check_served`]).
 
+use std::time::Duration;
+
 use anyhow::{bail, Context, Result};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 
-use crate::domain::{Color, DeployState, Split};
 pub use crate::http::{balancer_answers, client, timed_out};
+use crate::{
+    domain::{Color, DeployState, Split},
+    grpc::{self, Predicted, Probe},
+};
 
-/// One gate: a name for messages and the check, given the color's URL and expected version.
+/// What a gate checks: a color's two addresses and the version it must serve.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The color's HTTP base URL.
+    pub url: &'a str,
+    /// The color's gRPC address (`http://host:port`).
+    pub grpc_url: &'a str,
+    pub version: &'a str,
+}
+
+/// One gate: a name for messages and the check.
 pub struct Gate {
     pub name: &'static str,
-    pub check: fn(&Client, &str, &str) -> Result<()>,
+    pub check: fn(&Client, &Target) -> Result<()>,
 }
 
 /// Every gate a color passes before its share of traffic grows, in order.
-pub const GATES: [Gate; 3] = [
+pub const GATES: [Gate; 5] = [
     Gate {
         name: "health",
-        check: |client, url, version| {
-            let (status, body) = health(client, url)?;
-            check_health(status, &body, Some(version)).map(drop)
+        check: |client, t| {
+            let (status, body) = health(client, t.url)?;
+            check_health(status, &body, Some(t.version)).map(drop)
         },
     },
     Gate {
         name: "predictions",
-        check: |client, url, _| golden(client, url),
+        check: |client, t| golden(client, t.url),
     },
     Gate {
         name: "bad-input",
-        check: |client, url, _| bad_input(client, url),
+        check: |client, t| bad_input(client, t.url),
+    },
+    Gate {
+        name: "grpc-health",
+        check: |_, t| {
+            let probe = Probe::connect(t.grpc_url, GRPC_TIMEOUT)?;
+            grpc::check_serving(probe.serving("")?)
+        },
+    },
+    Gate {
+        name: "grpc-predictions",
+        check: |_, t| grpc_golden(t.grpc_url, Some(t.version)).map(drop),
     },
 ];
+
+/// How long one gRPC check may take.
+pub const GRPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The golden rows over gRPC `Predict` (the version too, when given), then a wrong feature
+/// count, which must get `INVALID_ARGUMENT`. Returns the colors that answered (through the
+/// balancer: its `x-served-by`).
+pub fn grpc_golden(grpc_url: &str, version: Option<&str>) -> Result<Vec<Predicted>> {
+    grpc_golden_with(&Probe::connect(grpc_url, GRPC_TIMEOUT)?, version)
+}
+
+/// [`grpc_golden`] over an open probe (a tester's, say).
+pub fn grpc_golden_with(probe: &Probe, version: Option<&str>) -> Result<Vec<Predicted>> {
+    let mut answers = Vec::new();
+    for (features, class, label) in GOLDEN {
+        let got = probe.predict(grpc::as_f32(&features))?;
+        grpc::check_predicted(&got, &features, class, label, version)?;
+        answers.push(got);
+    }
+    let (code, message) = probe.predict_refused(vec![1.0, 2.0])?;
+    if code != tonic::Code::InvalidArgument {
+        bail!(
+            "gRPC Predict with 2 features answered {code:?} ({message}), expected INVALID_ARGUMENT"
+        );
+    }
+    Ok(answers)
+}
 
 /// One answer through the balancer: its status, the color that served it and its version
 /// (`""` when a header is absent).
@@ -53,8 +110,8 @@ pub struct Served {
 
 /// How the operation engine reaches colors and the balancer.
 pub trait Checks {
-    /// Runs every gate against the color at `url` (named `who` in errors), expecting `version`.
-    fn gate(&self, who: &str, url: &str, version: &str) -> Result<()>;
+    /// Runs every gate against the color at `target` (named `who` in errors).
+    fn gate(&self, who: &str, target: &Target) -> Result<()>;
     /// One `GET /health` through the balancer at `url`.
     fn through_balancer(&self, url: &str) -> Result<Served>;
 }
@@ -63,9 +120,9 @@ pub trait Checks {
 pub struct Http(pub Client);
 
 impl Checks for Http {
-    fn gate(&self, who: &str, url: &str, version: &str) -> Result<()> {
+    fn gate(&self, who: &str, target: &Target) -> Result<()> {
         for gate in &GATES {
-            (gate.check)(&self.0, url, version)
+            (gate.check)(&self.0, target)
                 .with_context(|| format!("gate `{}` failed for {who}", gate.name))?;
         }
         Ok(())

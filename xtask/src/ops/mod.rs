@@ -36,7 +36,7 @@ pub use record::Recorder;
 
 use crate::{
     config::{self, DeployConfig},
-    domain::Operation,
+    domain::{Color, Operation},
     flags,
     runtime::{self, HostLock, Runtime},
 };
@@ -76,6 +76,18 @@ impl Deployment {
             client,
             verify_window: VERIFY_WINDOW,
         })
+    }
+
+    /// Runs every gate on `color`, which must serve `version`, at its HTTP and gRPC addresses.
+    pub fn gate_color(&self, color: Color, version: &str) -> Result<()> {
+        let part = runtime::Part::Color(color);
+        let (url, grpc_url) = (self.rt.url(part), self.rt.grpc_url(part));
+        let target = gates::Target {
+            url: &url,
+            grpc_url: &grpc_url,
+            version,
+        };
+        self.checks.gate(&format!("{color} ({version})"), &target)
     }
 
     /// Takes the host lock for the operation `holder` describes.

@@ -10,6 +10,11 @@
 //!    each with the version the state records for it; for a split, every color expected to take
 //!    at least 10 of the samples appears.
 //!
+//! 5. `grpc`: through the balancer's gRPC port, `grpc.health.v1` is SERVING, the golden rows
+//!    over `Predict` are right and a wrong feature count gets `INVALID_ARGUMENT`;
+//! 6. `grpc-versions`: [`SAMPLES`] `Predict` calls over one channel, checked like `versions`
+//!    (each call is routed on its own, so a split shows on a single channel).
+//!
 //! With `--color`, every request names that color in the testers' header (with the token), and
 //! `versions` expects only that color: a tester's view of the standby before a switch.
 //!
@@ -25,7 +30,11 @@ use reqwest::{
 };
 
 use super::{gates, read_live, Deployment};
-use crate::domain::{Color, DeployState, Split};
+use crate::{
+    domain::{Color, DeployState, Split},
+    grpc::Probe,
+    runtime::Part,
+};
 
 /// Requests sampled for the `versions` check.
 pub const SAMPLES: usize = 200;
@@ -41,8 +50,10 @@ pub fn smoke(ctx: &Deployment, url: &str, tester: Option<Color>) -> Result<()> {
         None => (ctx.client.clone(), live.split),
         Some(color) => (tester_client(ctx, color)?, Split::all(color)),
     };
+    let grpc_url = ctx.rt.grpc_url(Part::Balancer);
+    let grpc = tester_probe(ctx, &grpc_url, tester);
 
-    let checks: [(&str, Result<String>); 5] = [
+    let checks: [(&str, Result<String>); 7] = [
         (
             "balancer",
             crate::http::balancer_answers(&client, url)
@@ -61,6 +72,19 @@ pub fn smoke(ctx: &Deployment, url: &str, tester: Option<Color>) -> Result<()> {
         (
             "versions",
             sample(&client, url).and_then(|counts| check_versions(&counts, split, &state)),
+        ),
+        (
+            "grpc",
+            grpc.as_ref()
+                .map_err(|e| anyhow::anyhow!("{e:#}"))
+                .and_then(grpc_check),
+        ),
+        (
+            "grpc-versions",
+            grpc.as_ref()
+                .map_err(|e| anyhow::anyhow!("{e:#}"))
+                .and_then(grpc_sample)
+                .and_then(|counts| check_versions(&counts, split, &state)),
         ),
     ];
     let mut failed = 0;
@@ -89,6 +113,42 @@ fn health(client: &Client, url: &str) -> Result<String> {
     let (status, body) = gates::health(client, url)?;
     let version = gates::check_health(status, &body, None)?;
     Ok(format!("200, {version}"))
+}
+
+/// A gRPC connection to the balancer; with `tester`, it names that color in the testers'
+/// header (metadata) on every call, with the token.
+fn tester_probe(ctx: &Deployment, grpc_url: &str, tester: Option<Color>) -> Result<Probe> {
+    let mut probe = Probe::connect(grpc_url, gates::GRPC_TIMEOUT)?;
+    if let Some(color) = tester {
+        let testers = &ctx.config.testers;
+        probe = probe.with_metadata(&testers.header, color.as_str())?;
+        if !testers.token.is_empty() {
+            probe = probe.with_metadata(crate::nginx::TESTER_TOKEN_HEADER, &testers.token)?;
+        }
+    }
+    Ok(probe)
+}
+
+fn grpc_check(probe: &Probe) -> Result<String> {
+    crate::grpc::check_serving(probe.serving("")?)?;
+    gates::grpc_golden_with(probe, None)?;
+    Ok(format!(
+        "SERVING, {} golden rows right, bad input INVALID_ARGUMENT",
+        gates::GOLDEN.len()
+    ))
+}
+
+/// Counts `Predict` answers on one channel by (`x-served-by`, `x-model-version`).
+fn grpc_sample(probe: &Probe) -> Result<BTreeMap<(String, String), usize>> {
+    let mut counts = BTreeMap::new();
+    let row = crate::grpc::as_f32(&gates::GOLDEN[0].0);
+    for _ in 0..SAMPLES {
+        let got = probe.predict(row)?;
+        *counts
+            .entry((got.served_by, got.version_metadata))
+            .or_insert(0) += 1;
+    }
+    Ok(counts)
 }
 
 /// A client that names `color` in the testers' header on every request, with the token.

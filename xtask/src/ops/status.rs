@@ -2,7 +2,8 @@
 //!
 //! Steps of [`gather`]:
 //! 1. read the live state (the route directory decides the split) and the recorded one;
-//! 2. ask each color and the balancer whether they run and what `/health` says;
+//! 2. ask each color and the balancer whether they run, what `/health` says and whether their
+//!    gRPC port reports SERVING (`grpc.health.v1`);
 //! 3. list every disagreement (recorded vs. routed split, recorded vs. served version, a color
 //!    with traffic that is down, a missing or unreadable route directory);
 //! 4. the report renders as text or a Markdown table (for CI job summaries) with pure functions
@@ -48,14 +49,22 @@ pub struct Report {
 #[derive(Debug, Clone, Serialize)]
 pub struct PartReport {
     pub url: String,
+    /// The gRPC address (`host:port`).
+    pub grpc: String,
     pub running: bool,
     pub healthy: bool,
+    /// What `grpc.health.v1` says there (`SERVING`, `NOT_SERVING`, or why there is no answer).
+    pub grpc_health: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ColorReport {
     pub color: Color,
     pub url: String,
+    /// The gRPC address (`host:port`).
+    pub grpc: String,
+    /// What `grpc.health.v1` says there (`SERVING`, `NOT_SERVING`, or why there is no answer).
+    pub grpc_health: String,
     /// Percent of requests it takes.
     pub share: u8,
     pub running: bool,
@@ -118,6 +127,19 @@ pub fn gather(ctx: &Deployment) -> Result<Report> {
             .and_then(|s| s.version(color))
             .map(str::to_owned);
         let share = live.split.share(color);
+        let grpc_url = ctx.rt.grpc_url(Part::Color(color));
+        // A color that does not answer HTTP is not asked again over gRPC: `status` stays quick.
+        let grpc_health = if version.is_some() {
+            grpc_serving(&grpc_url)
+        } else {
+            "not asked (HTTP does not answer)".to_owned()
+        };
+        if version.is_some() && grpc_health != SERVING && share > 0 {
+            problems.push(format!(
+                "{color} takes {share} % of traffic and answers HTTP, but its gRPC port {} reports {grpc_health}:                  gRPC calls fail over to the other color; restart it with `cargo xtask up`",
+                grpc_addr(&grpc_url)
+            ));
+        }
         if hung && share > 0 {
             problems.push(format!(
                 "{color} takes {share} % of traffic but hangs: it accepts connections without answering within {} s; \
@@ -138,6 +160,8 @@ pub fn gather(ctx: &Deployment) -> Result<Report> {
         colors.push(ColorReport {
             color,
             url,
+            grpc: grpc_addr(&grpc_url),
+            grpc_health,
             share,
             running,
             healthy: version.is_some(),
@@ -148,11 +172,20 @@ pub fn gather(ctx: &Deployment) -> Result<Report> {
     }
     let balancer_url = ctx.rt.url(Part::Balancer);
     let health = crate::http::balancer_answers(&probe, &balancer_url);
+    let balancer_grpc = ctx.rt.grpc_url(Part::Balancer);
     let balancer = PartReport {
         running: ctx.rt.is_running(Part::Balancer).unwrap_or(false),
         healthy: health.is_ok(),
         url: balancer_url,
+        grpc: grpc_addr(&balancer_grpc),
+        grpc_health: grpc_serving(&balancer_grpc),
     };
+    if balancer.healthy && balancer.grpc_health != SERVING {
+        problems.push(format!(
+            "the balancer's gRPC port {} reports {}",
+            balancer.grpc, balancer.grpc_health
+        ));
+    }
     match health {
         Ok(()) => {}
         Err(err) if crate::http::balancer_responds(&probe, &balancer.url).is_ok() => {
@@ -176,6 +209,24 @@ pub fn gather(ctx: &Deployment) -> Result<Report> {
             .filter(|_| !matches!(live.reading, RouteReading::Active { .. })),
         recent: ops[ops.len().saturating_sub(RECENT)..].to_vec(),
     })
+}
+
+const SERVING: &str = "SERVING";
+
+/// What `grpc.health.v1` answers at `grpc_url`, or why it does not.
+fn grpc_serving(grpc_url: &str) -> String {
+    match crate::grpc::Probe::connect(grpc_url, STATUS_PROBE_TIMEOUT).and_then(|p| p.serving("")) {
+        Ok(status) => status.as_str_name().to_owned(),
+        Err(err) => format!(
+            "no answer ({})",
+            crate::util::last_lines(&format!("{err:#}"), 1)
+        ),
+    }
+}
+
+/// `host:port` of a gRPC URL, as people type it into a client.
+fn grpc_addr(url: &str) -> String {
+    url.strip_prefix("http://").unwrap_or(url).to_owned()
 }
 
 fn health_word(healthy: bool, running: bool) -> &'static str {
@@ -209,18 +260,22 @@ pub fn render_text(r: &Report) -> String {
         r.runtime
     );
     out += &format!(
-        "balancer  {}  {}\n",
+        "balancer  {}  grpc {}  {}{}\n",
         r.balancer.url,
-        health_word(r.balancer.healthy, r.balancer.running)
+        r.balancer.grpc,
+        health_word(r.balancer.healthy, r.balancer.running),
+        grpc_note(r.balancer.healthy, &r.balancer.grpc_health)
     );
     for c in &r.colors {
         out += &format!(
-            "{:<8}  {}  {:>3} %  {}  {}\n",
+            "{:<8}  {}  grpc {}  {:>3} %  {}  {}{}\n",
             c.color.as_str(),
             c.url,
+            c.grpc,
             c.share,
             c.shown_version(),
-            c.health_word()
+            c.health_word(),
+            grpc_note(c.healthy, &c.grpc_health)
         );
     }
     for problem in &r.problems {
@@ -244,20 +299,24 @@ pub fn render_markdown(r: &Report) -> String {
         r.runtime,
         r.since.as_deref().unwrap_or("?")
     );
-    out += "| part | url | share | version | health |\n| --- | --- | ---: | --- | --- |\n";
+    out += "| part | url | gRPC | share | version | health |\n| --- | --- | --- | ---: | --- | --- |\n";
     out += &format!(
-        "| balancer | {} | | | {} |\n",
+        "| balancer | {} | {} | | | {}{} |\n",
         r.balancer.url,
-        health_word(r.balancer.healthy, r.balancer.running)
+        r.balancer.grpc,
+        health_word(r.balancer.healthy, r.balancer.running),
+        grpc_note(r.balancer.healthy, &r.balancer.grpc_health)
     );
     for c in &r.colors {
         out += &format!(
-            "| {} | {} | {} % | {} | {} |\n",
+            "| {} | {} | {} | {} % | {} | {}{} |\n",
             c.color,
             c.url,
+            c.grpc,
             c.share,
             c.shown_version(),
-            c.health_word()
+            c.health_word(),
+            grpc_note(c.healthy, &c.grpc_health)
         );
     }
     if !r.problems.is_empty() {
@@ -276,6 +335,15 @@ pub fn render_markdown(r: &Report) -> String {
         }
     }
     out
+}
+
+/// Nothing when gRPC agrees with HTTP's health; otherwise what gRPC says.
+fn grpc_note(healthy: bool, grpc_health: &str) -> String {
+    if !healthy || grpc_health == SERVING {
+        String::new()
+    } else {
+        format!(", gRPC {grpc_health}")
+    }
 }
 
 /// One operation as a line of text.
@@ -317,8 +385,10 @@ mod tests {
             runtime: "local".into(),
             balancer: PartReport {
                 url: "http://127.0.0.1:8080".into(),
+                grpc: "127.0.0.1:50050".into(),
                 running: true,
                 healthy: true,
+                grpc_health: "SERVING".into(),
             },
             split: Split::with(Color::Green, 10),
             active: None,
@@ -328,6 +398,8 @@ mod tests {
                 ColorReport {
                     color: Color::Blue,
                     url: "http://127.0.0.1:8081".into(),
+                    grpc: "127.0.0.1:50051".into(),
+                    grpc_health: "NOT_SERVING".into(),
                     share: 90,
                     running: true,
                     healthy: true,
@@ -338,6 +410,8 @@ mod tests {
                 ColorReport {
                     color: Color::Green,
                     url: "http://127.0.0.1:8082".into(),
+                    grpc: "127.0.0.1:50052".into(),
+                    grpc_health: "not asked (HTTP does not answer)".into(),
                     share: 10,
                     running: false,
                     healthy: false,

@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 
 use super::{
     execute,
-    gates::{Checks, Served},
+    gates::{self, Checks, Served},
     read_live, route, Deployment, OPERATIONS_FILE, STATE_FILE,
 };
 use crate::{
@@ -36,7 +36,7 @@ struct FakeChecks {
 }
 
 impl Checks for FakeChecks {
-    fn gate(&self, who: &str, _: &str, _: &str) -> Result<()> {
+    fn gate(&self, who: &str, _: &gates::Target) -> Result<()> {
         if self
             .failing_gates
             .borrow()
@@ -93,8 +93,8 @@ struct Harness {
 struct Shared(Rc<FakeChecks>);
 
 impl Checks for Shared {
-    fn gate(&self, who: &str, url: &str, version: &str) -> Result<()> {
-        self.0.gate(who, url, version)
+    fn gate(&self, who: &str, target: &gates::Target) -> Result<()> {
+        self.0.gate(who, target)
     }
     fn through_balancer(&self, url: &str) -> Result<Served> {
         self.0.through_balancer(url)

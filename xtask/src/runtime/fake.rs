@@ -80,6 +80,10 @@ impl Runtime for Fake {
         format!("fake://{part}")
     }
 
+    fn grpc_url(&self, part: Part) -> String {
+        format!("fake-grpc://{part}")
+    }
+
     fn nginx_params(&self) -> NginxParams {
         NginxParams::container_default()
     }

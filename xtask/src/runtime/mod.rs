@@ -111,6 +111,10 @@ pub trait Runtime {
     /// colors there; verification and smoke go through the balancer.
     fn url(&self, part: Part) -> String;
 
+    /// The `http://host:port` at which the machine running the xtask reaches `part`'s gRPC
+    /// port (HTTP/2 cleartext): the balancer's public gRPC port, or a color's direct one.
+    fn grpc_url(&self, part: Part) -> String;
+
     /// The values this runtime's nginx config is rendered with ([`crate::nginx::render`]).
     fn nginx_params(&self) -> NginxParams;
 

@@ -53,6 +53,8 @@ pub struct Stack {
     /// Set once the test's own `down` ran, so dropping does not bring the stack down again.
     down: Cell<bool>,
     pub balancer: Balancer,
+    /// The balancer's gRPC address, `http://127.0.0.1:<port>`.
+    pub grpc_balancer: String,
     xtask: Xtask,
 }
 
@@ -60,14 +62,15 @@ impl Stack {
     pub fn new() -> Stack {
         let dir = std::env::temp_dir().join(format!("mldeploy-e2e-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let [balancer, blue, green] = free_ports(COMPOSE_PORTS);
+        let [balancer, blue, green, balancer_grpc, blue_grpc, green_grpc] =
+            free_ports(COMPOSE_PORTS);
         let project = format!("mldeploy-e2e-{}", std::process::id());
         let image = format!("{project}/ml-service");
         let subnet = free_subnet();
         let config = format!(
-            "[balancer]\nport = {balancer}\nbuckets = 100\n\
-             [blue]\nversion = \"{BLUE_VERSION}\"\nport = {blue}\n\
-             [green]\nversion = \"{GREEN_VERSION}\"\nport = {green}\n\
+            "[balancer]\nport = {balancer}\ngrpc_port = {balancer_grpc}\nbuckets = 100\n\
+             [blue]\nversion = \"{BLUE_VERSION}\"\nport = {blue}\ngrpc_port = {blue_grpc}\n\
+             [green]\nversion = \"{GREEN_VERSION}\"\nport = {green}\ngrpc_port = {green_grpc}\n\
              [local]\nstate_dir = \"{}\"\n\
              [compose]\nproject = \"{project}\"\nimage = \"{image}\"\nsubnet = \"{subnet}\"\n\
              [timeouts]\nhealthy_secs = 20\nlock_secs = 30\n\
@@ -87,6 +90,7 @@ impl Stack {
             image,
             down: Cell::new(false),
             balancer: Balancer::on_port(balancer),
+            grpc_balancer: format!("http://127.0.0.1:{balancer_grpc}"),
         }
     }
 

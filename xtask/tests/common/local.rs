@@ -44,8 +44,8 @@ pub struct Deployment {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub state: PathBuf,
-    /// Balancer, blue, green.
-    pub ports: [u16; 3],
+    /// Balancer, blue, green (HTTP), then balancer, blue, green (gRPC).
+    pub ports: [u16; 6],
     xtask: Xtask,
     balancer: Balancer,
 }
@@ -63,11 +63,16 @@ impl Deployment {
         std::fs::write(
             &config,
             format!(
-                "[balancer]\nport = {}\nbuckets = 100\n[blue]\nversion = \"v1.0.0\"\nport = {}\n[green]\nversion = \"v1.1.0\"\nport = {}\n\
+                "[balancer]\nport = {}\ngrpc_port = {}\nbuckets = 100\n\
+                 [blue]\nversion = \"v1.0.0\"\nport = {}\ngrpc_port = {}\n\
+                 [green]\nversion = \"v1.1.0\"\nport = {}\ngrpc_port = {}\n\
                  [local]\nstate_dir = \"{}\"\n[timeouts]\nhealthy_secs = 30\nlock_secs = 60\n",
                 ports[0],
+                ports[3],
                 ports[1],
+                ports[4],
                 ports[2],
+                ports[5],
                 state.display()
             ),
         )
@@ -175,6 +180,11 @@ impl Deployment {
 
     pub fn balancer(&self) -> &Balancer {
         &self.balancer
+    }
+
+    /// The balancer's gRPC address, `http://127.0.0.1:<port>`.
+    pub fn grpc_balancer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports[3])
     }
 
     /// `host:port` of a color's own service.

@@ -7,7 +7,8 @@
 //! - [`xtask`]: running the real `xtask` binary against a test's own deploy configuration;
 //! - [`http`]: plain HTTP/1.1 over `TcpStream` (no connection pool, no retries) and the
 //!   [`Balancer`] probe that asks which color and version answer through nginx;
-//! - [`load`]: the one load generator, [`Load`], that counts every failed request.
+//! - [`load`]: the one HTTP load generator, [`Load`], that counts every failed request;
+//! - [`grpc_load`]: its gRPC counterpart, [`GrpcLoad`]: long-lived channels, many streams.
 //!
 //! Everything else both runtimes need is here: the project root, free ports, [`wait_until`].
 
@@ -15,6 +16,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod compose;
+pub mod grpc_load;
 pub mod http;
 pub mod load;
 pub mod local;
@@ -31,6 +33,7 @@ use std::{
 };
 
 pub use compose::Stack;
+pub use grpc_load::{under_grpc_load, GrpcLoad, GrpcTally};
 pub use http::Balancer;
 pub use load::{Load, Tally};
 pub use local::{service_bin, Deployment};

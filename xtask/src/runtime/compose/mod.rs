@@ -49,7 +49,7 @@ pub use names::{
 
 use self::{
     tar::TarKind,
-    tunnel::{published_host, remote_ports, Tunnel},
+    tunnel::{port_index, published_host, remote_ports, Tunnel},
 };
 use super::{HostDir, Part, Runtime};
 use crate::{
@@ -65,6 +65,10 @@ use crate::{
 pub const STATE_DIR: &str = "/var/lib/mldeploy";
 /// The port every container listens on inside the project network.
 pub const CONTAINER_PORT: u16 = 8080;
+/// Each color's gRPC port inside the project network.
+pub const CONTAINER_GRPC_PORT: u16 = 50051;
+/// The balancer's gRPC port inside its container.
+pub const BALANCER_GRPC_PORT: u16 = 50050;
 /// The compose files, relative to the project root, in the order they are merged.
 pub const COMPOSE_FILES: [&str; 3] = [
     "docker-compose.yml",
@@ -93,6 +97,19 @@ pub struct Compose {
 }
 
 impl Compose {
+    /// The URL of the published port at `index` in [`remote_ports`], through the SSH tunnel
+    /// when there is one.
+    fn published_url(&self, index: usize) -> String {
+        if let Some(tunnel) = &self.tunnel {
+            return format!("http://127.0.0.1:{}", tunnel.local[index]);
+        }
+        format!(
+            "http://{}:{}",
+            published_host(),
+            remote_ports(&self.config)[index]
+        )
+    }
+
     /// Opens the compose runtime; fails when it cannot be used here (no compose command, no
     /// engine), which makes `--runtime auto` choose the local runtime.
     pub fn new(sh: &Shell, config: &DeployConfig) -> Result<Compose> {
@@ -136,19 +153,11 @@ impl Runtime for Compose {
     }
 
     fn url(&self, part: Part) -> String {
-        let index = match part {
-            Part::Balancer => 0,
-            Part::Color(Color::Blue) => 1,
-            Part::Color(Color::Green) => 2,
-        };
-        if let Some(tunnel) = &self.tunnel {
-            return format!("http://127.0.0.1:{}", tunnel.local[index]);
-        }
-        format!(
-            "http://{}:{}",
-            published_host(),
-            remote_ports(&self.config)[index]
-        )
+        self.published_url(port_index(part, false))
+    }
+
+    fn grpc_url(&self, part: Part) -> String {
+        self.published_url(port_index(part, true))
     }
 
     fn nginx_params(&self) -> NginxParams {
@@ -156,6 +165,8 @@ impl Runtime for Compose {
         params.listen = CONTAINER_PORT.to_string();
         params.blue = format!("{}:{CONTAINER_PORT}", self.addresses.blue);
         params.green = format!("{}:{CONTAINER_PORT}", self.addresses.green);
+        params.blue_grpc = format!("{}:{CONTAINER_GRPC_PORT}", self.addresses.blue);
+        params.green_grpc = format!("{}:{CONTAINER_GRPC_PORT}", self.addresses.green);
         params.route_dir = format!("{STATE_DIR}/routes");
         params.buckets = self.config.balancer.buckets;
         params.read_timeout_secs = self.config.balancer.read_timeout.as_secs();

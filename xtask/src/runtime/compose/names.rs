@@ -80,6 +80,10 @@ pub fn compose_env(config: &DeployConfig, addresses: &Addresses) -> Vec<(String,
             "MLDEPLOY_PUBLIC_PORT".to_owned(),
             config.balancer.port.to_string(),
         ),
+        (
+            "MLDEPLOY_PUBLIC_GRPC_PORT".to_owned(),
+            config.balancer.grpc_port.to_string(),
+        ),
         ("MLDEPLOY_SUBNET".to_owned(), config.compose.subnet.clone()),
         (
             "MLDEPLOY_NGINX_ADDR".to_owned(),
@@ -96,6 +100,10 @@ pub fn compose_env(config: &DeployConfig, addresses: &Addresses) -> Vec<(String,
         env.push((format!("{prefix}_IMAGE"), service_image_ref(config)));
         env.push((format!("{prefix}_VERSION"), color_config.version.clone()));
         env.push((format!("{prefix}_PORT"), color_config.port.to_string()));
+        env.push((
+            format!("{prefix}_GRPC_PORT"),
+            color_config.grpc_port.to_string(),
+        ));
         env.push((format!("{prefix}_ADDR"), addresses.color(color).to_string()));
     }
     env

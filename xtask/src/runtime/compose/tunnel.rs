@@ -12,17 +12,43 @@ use anyhow::{bail, Context, Result};
 
 use crate::config::DeployConfig;
 
-/// The ports the deployment publishes on its host: balancer, blue, green.
-pub fn remote_ports(config: &DeployConfig) -> [u16; 3] {
-    [config.balancer.port, config.blue.port, config.green.port]
+/// How many ports the deployment publishes on its host.
+pub const PUBLISHED: usize = 6;
+
+/// The ports the deployment publishes on its host: balancer, blue, green (HTTP), then the
+/// same three for gRPC; [`port_index`] finds one.
+pub fn remote_ports(config: &DeployConfig) -> [u16; PUBLISHED] {
+    [
+        config.balancer.port,
+        config.blue.port,
+        config.green.port,
+        config.balancer.grpc_port,
+        config.blue.grpc_port,
+        config.green.grpc_port,
+    ]
+}
+
+/// Where `part`'s HTTP (or gRPC) port is in [`remote_ports`].
+pub fn port_index(part: crate::runtime::Part, grpc: bool) -> usize {
+    use crate::{domain::Color, runtime::Part};
+    let index = match part {
+        Part::Balancer => 0,
+        Part::Color(Color::Blue) => 1,
+        Part::Color(Color::Green) => 2,
+    };
+    if grpc {
+        index + 3
+    } else {
+        index
+    }
 }
 
 /// An `ssh -N -L …` child forwarding local ports to the deploy host's published ports; killed
 /// when dropped.
 pub struct Tunnel {
     child: std::process::Child,
-    /// Local ports for the balancer, blue and green.
-    pub local: [u16; 3],
+    /// Local ports, in the order of [`remote_ports`].
+    pub local: [u16; PUBLISHED],
 }
 
 /// How long an SSH tunnel may take to come up.
@@ -41,7 +67,7 @@ impl Tunnel {
         else {
             return Ok(None);
         };
-        let mut local = [0u16; 3];
+        let mut local = [0u16; PUBLISHED];
         for slot in &mut local {
             *slot = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())

@@ -13,7 +13,7 @@
 //! The service binary is `$MLDEPLOY_SERVICE_BIN` when set, else `target/release/ml-service`,
 //! built with `cargo build --release -p service --bin ml-service` when missing or older than the
 //! service's sources. Each color gets `MODEL_PATH=<root>/models/<version>`, `MODEL_VERSION`,
-//! `PORT` (its direct port) and `HOST=127.0.0.1`.
+//! `PORT` and `GRPC_PORT` (its direct ports) and `HOST=127.0.0.1`.
 
 use std::{
     cell::RefCell,
@@ -248,6 +248,14 @@ impl Runtime for Local {
         format!("http://127.0.0.1:{port}")
     }
 
+    fn grpc_url(&self, part: Part) -> String {
+        let port = match part {
+            Part::Balancer => self.config.balancer.grpc_port,
+            Part::Color(color) => self.config.color(color).grpc_port,
+        };
+        format!("http://127.0.0.1:{port}")
+    }
+
     fn host(&self) -> &dyn HostDir {
         self
     }
@@ -258,6 +266,9 @@ impl Runtime for Local {
             listen: format!("127.0.0.1:{}", self.config.balancer.port),
             blue: format!("127.0.0.1:{}", self.config.blue.port),
             green: format!("127.0.0.1:{}", self.config.green.port),
+            grpc_listen: format!("127.0.0.1:{}", self.config.balancer.grpc_port),
+            blue_grpc: format!("127.0.0.1:{}", self.config.blue.grpc_port),
+            green_grpc: format!("127.0.0.1:{}", self.config.green.grpc_port),
             route_dir: s("routes"),
             buckets: self.config.balancer.buckets,
             pid_path: s("nginx/nginx.pid"),
@@ -337,6 +348,7 @@ impl Runtime for Local {
             .env("MODEL_PATH", &model)
             .env("MODEL_VERSION", version)
             .env("PORT", &port)
+            .env("GRPC_PORT", self.config.color(color).grpc_port.to_string())
             .env("HOST", "127.0.0.1")
             .env("LOG_FILE", &log_path)
             .env("LOG_MAX_BYTES", LOG_MAX_BYTES.to_string())
