@@ -21,7 +21,21 @@ pub fn check_steps(steps: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Counters of the prediction routes (`/predict`, `…/infer`) read from one `/metrics` scrape.
+/// The routes that serve predictions: HTTP `/predict` and `…/infer`, and the gRPC methods
+/// `Predict`, `PredictBatch` and `ModelInfer` (the service counts RPCs under their method path).
+pub fn is_prediction_route(route: &str) -> bool {
+    [
+        "/predict",
+        "/infer",
+        "/Predict",
+        "/PredictBatch",
+        "/ModelInfer",
+    ]
+    .iter()
+    .any(|end| route.ends_with(end))
+}
+
+/// Counters of the prediction routes ([`is_prediction_route`]) read from one `/metrics` scrape.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sample {
     pub requests: u64,
@@ -44,7 +58,7 @@ impl Sample {
             let Some(route) = label(series, "route") else {
                 continue;
             };
-            if !(route.ends_with("/predict") || route.ends_with("/infer")) {
+            if !is_prediction_route(route) {
                 continue;
             }
             if series.starts_with("http_requests_total{") {
@@ -203,15 +217,21 @@ http_request_duration_seconds_bucket{route="/predict",le="+Inf"} 100
 http_request_duration_seconds_bucket{route="/v2/models/{name}/infer",le="0.001"} 10
 http_request_duration_seconds_bucket{route="/v2/models/{name}/infer",le="0.01"} 10
 http_request_duration_seconds_bucket{route="/v2/models/{name}/infer",le="+Inf"} 10
+http_requests_total{route="/prediction.PredictionService/Predict",status="200"} 20
+http_requests_total{route="/prediction.PredictionService/Predict",status="503"} 1
+http_requests_total{route="/grpc.health.v1.Health/Check",status="200"} 7
+http_request_duration_seconds_bucket{route="/prediction.PredictionService/Predict",le="0.001"} 21
+http_request_duration_seconds_bucket{route="/prediction.PredictionService/Predict",le="+Inf"} 21
 "#;
 
     #[test]
     fn parse_counts_only_prediction_routes() {
         let sample = Sample::parse(METRICS);
-        assert_eq!(sample.requests, 110);
-        assert_eq!(sample.errors, 2);
-        assert_eq!(sample.buckets["0.001"], 100);
-        assert_eq!(sample.buckets["+Inf"], 110);
+        // HTTP /predict and infer, and gRPC Predict; not /health nor the gRPC health check.
+        assert_eq!(sample.requests, 131);
+        assert_eq!(sample.errors, 3);
+        assert_eq!(sample.buckets["0.001"], 121);
+        assert_eq!(sample.buckets["+Inf"], 131);
     }
 
     #[test]

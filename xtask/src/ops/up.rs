@@ -169,8 +169,11 @@ fn start_color(ctx: &Deployment, color: Color, version: &str, running: bool) -> 
 
 fn print_where(ctx: &Deployment, state: &DeployState) {
     crate::say!(
-        "up: balancer {} → {} · blue {} at {} · green {} at {}",
+        "up: balancer {} (gRPC {}) → {} · blue {} at {} · green {} at {}",
         ctx.rt.url(Part::Balancer),
+        ctx.rt
+            .grpc_url(Part::Balancer)
+            .trim_start_matches("http://"),
         state.split,
         state.version(Color::Blue).unwrap_or("?"),
         ctx.rt.url(Part::Color(Color::Blue)),
