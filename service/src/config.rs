@@ -2,7 +2,8 @@
 //!
 //! - [`Config`]: what to serve and where (`MODEL_PATH`, `MODEL_VERSION`, `HOST`, `PORT`,
 //!   `GRPC_PORT`, `SHUTDOWN_TIMEOUT_SECS`); HTTP listens on `HOST:PORT`, gRPC on
-//!   `HOST:GRPC_PORT`, and a port of 0 picks a free one;
+//!   `HOST:GRPC_PORT`, and a port of 0 picks a free one; and how many mirrored answers the
+//!   shadow journal keeps (`SHADOW_JOURNAL_RECORDS`, see [`crate::shadow`]);
 //! - [`LogConfig`]: where and how the logs go (`LOG_FORMAT`, `LOG_FILE`, `LOG_MAX_BYTES`); read
 //!   apart, and first, so that a refusal to start can itself be logged. The level comes from
 //!   `RUST_LOG` (default `info`), read by [`crate::telemetry`].
@@ -22,6 +23,9 @@ pub const DEFAULT_MODEL_PATH: &str = "models/v1.0.0";
 /// How long in-flight requests may take to finish after SIGTERM when
 /// `SHUTDOWN_TIMEOUT_SECS` is unset.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The records the shadow journal keeps when `SHADOW_JOURNAL_RECORDS` is unset: minutes of
+/// mirrored traffic at hundreds of requests a second, about 10 MiB of single-row answers.
+pub const DEFAULT_SHADOW_JOURNAL_RECORDS: usize = 50_000;
 /// The size cap of `LOG_FILE` when `LOG_MAX_BYTES` is unset: 10 MiB, so the log and its one
 /// rotated predecessor take at most about 20 MiB.
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
@@ -41,6 +45,9 @@ pub struct Config {
     pub grpc_port: u16,
     /// `SHUTDOWN_TIMEOUT_SECS`.
     pub shutdown_timeout: Duration,
+    /// `SHADOW_JOURNAL_RECORDS`: the most answers to mirrored requests kept for
+    /// `GET /_shadow/records` (the oldest are evicted); 0 records none.
+    pub shadow_journal_records: usize,
 }
 
 impl Config {
@@ -83,6 +90,14 @@ impl Config {
             ),
             None => DEFAULT_SHUTDOWN_TIMEOUT,
         };
+        let shadow_journal_records = match non_empty("SHADOW_JOURNAL_RECORDS") {
+            Some(raw) => raw.trim().parse::<usize>().with_context(|| {
+                format!(
+                    "SHADOW_JOURNAL_RECORDS={raw:?} is not a number of records: give a whole number, or 0 to record none (default {DEFAULT_SHADOW_JOURNAL_RECORDS})"
+                )
+            })?,
+            None => DEFAULT_SHADOW_JOURNAL_RECORDS,
+        };
         Ok(Config {
             model_path: non_empty("MODEL_PATH")
                 .unwrap_or_else(|| DEFAULT_MODEL_PATH.to_owned())
@@ -92,6 +107,7 @@ impl Config {
             port,
             grpc_port,
             shutdown_timeout,
+            shadow_journal_records,
         })
     }
 }
@@ -200,6 +216,21 @@ mod tests {
         assert_eq!(c.model_path, PathBuf::from("models/v1.0.0"));
         assert_eq!(c.model_version, None);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.shadow_journal_records, 50_000);
+    }
+
+    #[test]
+    fn the_shadow_journal_size_is_a_whole_number() {
+        let records = |raw: &str| config(&[("SHADOW_JOURNAL_RECORDS", raw)]);
+        assert_eq!(records(" 5 ").unwrap().shadow_journal_records, 5);
+        assert_eq!(records("0").unwrap().shadow_journal_records, 0);
+        for bad in ["-1", "1e3", "many"] {
+            let err = format!("{:#}", records(bad).unwrap_err());
+            assert!(
+                err.contains("SHADOW_JOURNAL_RECORDS") && err.contains("0 to record none"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use service::{
 };
 
 const USAGE: &str = "usage: ml-service [healthcheck]
-  (no argument)  serve the model over HTTP on HOST:PORT (default 0.0.0.0:8080) and gRPC on HOST:GRPC_PORT (default 50051); environment: MODEL_PATH, MODEL_VERSION, HOST, PORT, GRPC_PORT, SHUTDOWN_TIMEOUT_SECS, RUST_LOG, LOG_FORMAT, LOG_FILE, LOG_MAX_BYTES
+  (no argument)  serve the model over HTTP on HOST:PORT (default 0.0.0.0:8080) and gRPC on HOST:GRPC_PORT (default 50051); environment: MODEL_PATH, MODEL_VERSION, HOST, PORT, GRPC_PORT, SHUTDOWN_TIMEOUT_SECS, SHADOW_JOURNAL_RECORDS (default 50000, 0: off), RUST_LOG, LOG_FORMAT, LOG_FILE, LOG_MAX_BYTES
   healthcheck    check http://$HOST:$PORT/health (loopback when HOST is 0.0.0.0) and exit 0 if healthy, 1 otherwise";
 
 fn main() -> ExitCode {

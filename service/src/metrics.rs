@@ -29,7 +29,7 @@ use crate::model::{Model, N_CLASSES};
 
 /// Every route of the HTTP router, as `MatchedPath` spells it; any other HTTP request counts
 /// as `unmatched`.
-pub const ROUTES: [&str; 13] = [
+pub const ROUTES: [&str; 14] = [
     "/health",
     "/predict",
     "/v2",
@@ -43,6 +43,7 @@ pub const ROUTES: [&str; 13] = [
     "/v2/models/{name}/versions/{version}/infer",
     "/openapi.json",
     "/metrics",
+    "/_shadow/records",
 ];
 /// Every gRPC method served, as its request path spells it; any other counts as `unmatched`.
 pub const GRPC_METHODS: [&str; 13] = [

@@ -13,7 +13,8 @@
 //!
 //! Every HTTP response passes through `observe`: it adds `X-Model-Version` and `X-Request-Id`,
 //! counts the request in the metrics and logs one line; [`crate::grpc::observe`] does the same
-//! for every RPC.
+//! for every RPC. For a prediction request the balancer mirrored (`X-Shadow-Id`), it also
+//! records the answer in the shadow journal ([`crate::shadow`]).
 //!
 //! # What hyper refuses before the application sees a request
 //!
@@ -66,8 +67,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Adds the version and request id headers, records the metrics, logs one line.
-async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Adds the version and request id headers, records the metrics, logs one line, and records
+/// the answer in the shadow journal when the request is a mirrored one.
+async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let _in_flight = state.metrics.start_request();
     let route = metrics::route_index(
@@ -76,9 +78,13 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
             .map(MatchedPath::as_str),
     );
     let request_id = state.request_id(req.headers().get(&X_REQUEST_ID));
+    let shadow = state.shadow.begin(metrics::route_name(route), &mut req);
     let method = req.method().clone();
     let mut response = next.run(req).await;
     let elapsed = start.elapsed();
+    if let Some(shadow) = shadow {
+        state.shadow.finish(shadow, &mut response, elapsed);
+    }
     let status = response.status();
     let headers = response.headers_mut();
     headers.insert(X_MODEL_VERSION.clone(), state.version_header().clone());
@@ -125,7 +131,7 @@ impl Server {
         Ok(Server {
             listener,
             grpc_listener,
-            state: AppState::new(model),
+            state: AppState::with_shadow_journal(model, config.shadow_journal_records),
             shutdown_timeout: config.shutdown_timeout,
         })
     }

@@ -1,6 +1,7 @@
 //! What every handler shares, over HTTP and gRPC alike: the application state ([`AppState`]:
-//! the model, the metrics, the drain, values computed once), the model name, the request
-//! limits and the rules a row must follow before the model sees it.
+//! the model, the metrics, the drain, the shadow journal, values computed once), the model
+//! name, the request limits, the rules a row must follow before the model sees it, and the
+//! rule a client's id must follow to be kept.
 //!
 //! It sits below the server and both kinds of handlers so that the arrows point one way:
 //! [`crate::server`] mounts [`crate::routes`] and [`crate::grpc`], and all of them read this
@@ -19,9 +20,11 @@ use axum::http::{HeaderName, HeaderValue};
 use tokio::sync::watch;
 
 use crate::{
+    config::DEFAULT_SHADOW_JOURNAL_RECORDS,
     error::ApiError,
     metrics::Metrics,
     model::{Model, Prediction, FEATURE_NAMES, N_FEATURES},
+    shadow::Journal,
 };
 
 /// The response header (gRPC: response metadata) carrying the model version.
@@ -159,6 +162,8 @@ pub struct Inner {
     pub metrics: Metrics,
     /// Whether the shutdown signal has arrived.
     pub drain: Drain,
+    /// What this process answered to the requests the balancer mirrors to both colors.
+    pub shadow: Journal,
     version_header: HeaderValue,
     request_id_prefix: String,
     next_request_id: AtomicU64,
@@ -172,9 +177,14 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// The state for serving `model`, with fresh metrics and a request id prefix unique to
-    /// this process.
+    /// The state for serving `model`, with fresh metrics, a request id prefix unique to this
+    /// process, and a shadow journal of the default size.
     pub fn new(model: Model) -> AppState {
+        AppState::with_shadow_journal(model, DEFAULT_SHADOW_JOURNAL_RECORDS)
+    }
+
+    /// [`AppState::new`] with a shadow journal of at most `records` records (0: none kept).
+    pub fn with_shadow_journal(model: Model, records: usize) -> AppState {
         let version_header = HeaderValue::from_str(model.version())
             .unwrap_or_else(|_| HeaderValue::from_static("invalid-version"));
         // Unique enough across restarts: the process id and the start time, then a counter.
@@ -189,6 +199,7 @@ impl AppState {
             model,
             metrics: Metrics::default(),
             drain: Drain::default(),
+            shadow: Journal::new(records),
             version_header,
             request_id_prefix: prefix,
             next_request_id: AtomicU64::new(1),
@@ -225,6 +236,12 @@ impl AppState {
         Ok(predictions)
     }
 
+    /// What tells this process from another one, or from itself before a restart: the prefix
+    /// of its request ids.
+    pub fn instance(&self) -> &str {
+        &self.request_id_prefix
+    }
+
     /// The model version as a header value, computed once.
     pub(crate) fn version_header(&self) -> &HeaderValue {
         &self.version_header
@@ -234,7 +251,7 @@ impl AppState {
     /// own if it is short printable ASCII, otherwise a new one.
     pub(crate) fn request_id(&self, given: Option<&HeaderValue>) -> HeaderValue {
         match given {
-            Some(id) if is_acceptable_request_id(id) => id.clone(),
+            Some(id) if is_acceptable_id(id) => id.clone(),
             _ => self.new_request_id(),
         }
     }
@@ -247,8 +264,10 @@ impl AppState {
     }
 }
 
-/// A client's request id is echoed if it is short printable ASCII; otherwise we make one.
-fn is_acceptable_request_id(id: &HeaderValue) -> bool {
+/// Whether a client's id (`x-request-id`, `x-shadow-id`) is kept: short printable ASCII, so
+/// it is safe to echo, log and store. A request id that is not gets replaced; a shadow id that
+/// is not records nothing.
+pub(crate) fn is_acceptable_id(id: &HeaderValue) -> bool {
     !id.is_empty() && id.len() <= 200 && id.as_bytes().iter().all(|b| b.is_ascii_graphic())
 }
 

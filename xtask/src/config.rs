@@ -37,6 +37,9 @@ pub mod defaults {
     pub const COMPOSE_IMAGE: &str = "ml-service";
     pub const COMPOSE_NGINX_IMAGE: &str = "nginx:1.27";
     pub const COMPOSE_SUBNET: &str = "172.30.77.0/24";
+    /// How long nginx's mirror waits for the standby's answer to a shadow copy.
+    pub const SHADOW_TIMEOUT_MS: u64 = 200;
+    pub const LOCAL_MODELS_DIR: &str = "models";
     pub const HEALTHY_SECS: u64 = 30;
     pub const LOCK_SECS: u64 = 30;
     pub const TESTERS_HEADER: &str = "X-Deploy-Color";
@@ -55,6 +58,16 @@ pub struct DeployConfig {
     pub compose: Compose,
     pub timeouts: Timeouts,
     pub testers: Testers,
+    pub shadow: Shadow,
+}
+
+/// `[shadow]`: mirroring live prediction requests to the standby (`cargo xtask shadow`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shadow {
+    /// How long the mirror waits for the standby's answer to one copy. nginx reads a client's
+    /// next request on a keep-alive connection only once the mirror is done, so this bounds
+    /// what a slow standby can add to a client's next request.
+    pub timeout_ms: u64,
 }
 
 /// `[balancer]`: nginx.
@@ -87,6 +100,9 @@ pub struct ColorConfig {
 pub struct Local {
     /// Relative paths are relative to the project root.
     pub state_dir: PathBuf,
+    /// Where the model versions are (`<models_dir>/<version>/model.json`); relative to the
+    /// project root.
+    pub models_dir: PathBuf,
 }
 
 /// `[compose]`: the docker compose runtime.
@@ -135,6 +151,11 @@ impl DeployConfig {
             root.join(&self.local.state_dir)
         }
     }
+
+    /// The local runtime's model folder, absolute (relative paths hang off `root`).
+    pub fn local_models_dir(&self, root: &Path) -> PathBuf {
+        root.join(&self.local.models_dir)
+    }
 }
 
 impl Default for DeployConfig {
@@ -159,6 +180,7 @@ impl Default for DeployConfig {
             },
             local: Local {
                 state_dir: LOCAL_STATE_DIR.into(),
+                models_dir: LOCAL_MODELS_DIR.into(),
             },
             compose: Compose {
                 project: COMPOSE_PROJECT.into(),
@@ -175,6 +197,9 @@ impl Default for DeployConfig {
                 header: TESTERS_HEADER.into(),
                 cookie: TESTERS_COOKIE.into(),
                 token: String::new(),
+            },
+            shadow: Shadow {
+                timeout_ms: SHADOW_TIMEOUT_MS,
             },
         }
     }
@@ -234,6 +259,13 @@ pub fn parse(text: &str) -> Result<DeployConfig> {
                 &d.local.state_dir.to_string_lossy(),
             )?
             .into(),
+            models_dir: string(
+                &doc,
+                "local",
+                "models_dir",
+                &d.local.models_dir.to_string_lossy(),
+            )?
+            .into(),
         },
         compose: Compose {
             project: string(&doc, "compose", "project", &d.compose.project)?,
@@ -264,6 +296,16 @@ pub fn parse(text: &str) -> Result<DeployConfig> {
             header: name(&doc, "testers", "header", &d.testers.header, '-')?,
             cookie: name(&doc, "testers", "cookie", &d.testers.cookie, '_')?,
             token: token(&doc)?,
+        },
+        shadow: Shadow {
+            timeout_ms: int(
+                &doc,
+                "shadow",
+                "timeout_ms",
+                d.shadow.timeout_ms,
+                10,
+                10_000,
+            )?,
         },
     };
     let ports = [

@@ -87,6 +87,10 @@ pub enum Command {
     Canary(Canary),
     /// Put a model version on the standby color, gate it, then switch to it.
     Deploy(Deploy),
+    /// Mirror a share of live prediction requests to the standby color and compare its answers
+    /// with the active color's (class agreement, confusion matrix, probability differences,
+    /// latency), without changing what any client gets.
+    Shadow(Shadow),
     /// Check the deployment through the balancer: health, predictions, versions, bad input.
     Smoke(Smoke),
     /// Print the operation log.
@@ -234,6 +238,71 @@ pub struct Deploy {
     /// Put the version on the standby color and gate it, but do not switch.
     #[arg(long)]
     pub no_switch: bool,
+    /// After the gates, before any traffic moves: mirror this percent of live prediction
+    /// requests to the new version and compare its answers with the active color's.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub shadow: Option<u8>,
+    /// How long the shadow stage runs, in seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 30,
+        requires = "shadow"
+    )]
+    pub shadow_duration: u64,
+    /// End the shadow stage earlier, after this many compared requests.
+    #[arg(long, value_name = "N", requires = "shadow")]
+    pub shadow_requests: Option<u64>,
+    /// Refuse the switch (traffic stays) when the shadow stage's class agreement, in percent,
+    /// is below this.
+    #[arg(long, value_name = "PERCENT", requires = "shadow")]
+    pub min_agreement: Option<f64>,
+}
+
+impl Deploy {
+    /// The shadow stage's options, when one was asked for.
+    pub fn shadow_options(&self) -> Option<crate::ops::shadow::Options> {
+        self.shadow.map(|percent| crate::ops::shadow::Options {
+            percent,
+            duration: std::time::Duration::from_secs(self.shadow_duration),
+            requests: self.shadow_requests,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct Shadow {
+    /// Percent of prediction requests to mirror to the standby (1-100).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100), required_unless_present = "stop")]
+    pub percent: Option<u8>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub duration: u64,
+    /// Stop earlier, after this many compared requests.
+    #[arg(long, value_name = "N")]
+    pub requests: Option<u64>,
+    /// Exit non-zero when the class agreement, in percent, is below this.
+    #[arg(long, value_name = "PERCENT")]
+    pub min_agreement: Option<f64>,
+    /// Output format of the report.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Where to write the report's chart (SVG).
+    #[arg(long, default_value = "target/shadow/report.svg")]
+    pub svg: PathBuf,
+    /// Stop a mirror left running by an interrupted shadow run, and do nothing else.
+    #[arg(long, conflicts_with_all = ["percent", "requests", "min_agreement"])]
+    pub stop: bool,
+}
+
+impl Shadow {
+    pub fn options(&self) -> crate::ops::shadow::Options {
+        crate::ops::shadow::Options {
+            percent: self.percent.unwrap_or(0),
+            duration: std::time::Duration::from_secs(self.duration),
+            requests: self.requests,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -55,6 +55,7 @@ fn try_main() -> anyhow::Result<()> {
         flags::Command::Rollback(cmd) => cmd.run(&sh, &global),
         flags::Command::Canary(cmd) => cmd.run(&sh, &global),
         flags::Command::Deploy(cmd) => cmd.run(&sh, &global),
+        flags::Command::Shadow(cmd) => cmd.run(&sh, &global),
         flags::Command::Smoke(cmd) => cmd.run(&sh, &global),
         flags::Command::History(cmd) => cmd.run(&sh, &global),
         flags::Command::Bench(cmd) => cmd.run(&sh, &global),

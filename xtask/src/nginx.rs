@@ -41,6 +41,10 @@ pub struct NginxParams {
     pub green_grpc: String,
     /// The route directory: `<route_dir>/current` is the symlink to the active generation.
     pub route_dir: String,
+    /// The shadow link: `<shadow_dir>/<color>-<bucket>` exists for each mirrored bucket.
+    pub shadow_dir: String,
+    /// The mirror's budget in milliseconds (`shadow.timeout_ms`).
+    pub shadow_timeout_ms: u64,
     /// How many buckets `split_clients` spreads requests over (1..=10000).
     pub buckets: u16,
     pub pid_path: String,
@@ -88,6 +92,8 @@ impl NginxParams {
             blue_grpc: format!("blue:{}", crate::runtime::compose::CONTAINER_GRPC_PORT),
             green_grpc: format!("green:{}", crate::runtime::compose::CONTAINER_GRPC_PORT),
             route_dir: "/var/lib/mldeploy/routes".into(),
+            shadow_dir: "/var/lib/mldeploy/shadow".into(),
+            shadow_timeout_ms: crate::config::defaults::SHADOW_TIMEOUT_MS,
             buckets: crate::config::defaults::BUCKETS,
             pid_path: "/tmp/nginx.pid".into(),
             error_log: "/dev/stderr".into(),
@@ -208,6 +214,23 @@ pub fn render(p: &NginxParams) -> String {
         let _ = writeln!(w, "        keepalive 32;");
         let _ = writeln!(w, "    }}");
     }
+    // The mirror's own upstreams: one color each, no backup (a copy is never sent to the
+    // active color instead), skipped for 5 s after missing the mirror's budget.
+    for (name, addr) in [("shadow_blue", &p.blue), ("shadow_green", &p.green)] {
+        let _ = writeln!(w, "    upstream {name} {{");
+        let _ = writeln!(w, "        zone upstream_{name} 64k;");
+        let _ = writeln!(w, "        server {addr} max_fails=1 fail_timeout=5s;");
+        let _ = writeln!(w, "        keepalive 16;");
+        let _ = writeln!(w, "    }}");
+    }
+    let _ = writeln!(
+        w,
+        "    # X-Shadow-Id upstream: nginx's request id while a shadow samples the request."
+    );
+    let _ = writeln!(
+        w,
+        "    map $shadow_to $shadow_id {{\n        \"\" \"\";\n        default $request_id;\n    }}"
+    );
     for (name, primary, backup) in [
         ("grpc_blue", &p.blue_grpc, &p.green_grpc),
         ("grpc_green", &p.green_grpc, &p.blue_grpc),
@@ -238,11 +261,25 @@ pub fn render(p: &NginxParams) -> String {
     let _ = writeln!(w);
     let _ = writeln!(w, "        location / {{");
     render_route(w, p);
+    render_proxy(w, p, "\"\"");
+    let _ = writeln!(w, "        }}");
+    let _ = writeln!(w);
+    render_shadow(w, p);
+    let _ = writeln!(w, "    }}");
+    render_grpc_server(w, p);
+    let _ = writeln!(w, "}}");
+    out
+}
+
+/// Proxies to `$color` with failover to the other color and the latency budget; `shadow_id` is
+/// the `X-Shadow-Id` sent upstream (`""`: none, and a client's own is dropped).
+fn render_proxy(w: &mut String, p: &NginxParams, shadow_id: &str) {
     let _ = writeln!(w, "            proxy_pass http://$color;");
     let _ = writeln!(w, "            proxy_http_version 1.1;");
     let _ = writeln!(w, "            proxy_set_header Connection \"\";");
     let _ = writeln!(w, "            proxy_set_header Host $host;");
     let _ = writeln!(w, "            proxy_set_header X-Request-Id $req_id;");
+    let _ = writeln!(w, "            proxy_set_header X-Shadow-Id {shadow_id};");
     let _ = writeln!(
         w,
         "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"
@@ -264,11 +301,67 @@ pub fn render(p: &NginxParams) -> String {
     );
     let _ = writeln!(w, "            add_header X-Served-By $served_by always;");
     let _ = writeln!(w, "            add_header X-Routed-To $color always;");
+}
+
+/// Shadow traffic: prediction requests whose bucket is listed in the live shadow generation
+/// (`<shadow_dir>/<color>-<bucket>`) are also sent, by nginx's `mirror`, to that color; both
+/// copies carry `X-Shadow-Id` (nginx's own request id), which the colors record their answers
+/// under. The client only ever gets the routed color's answer. The mirror has a short budget of
+/// its own (`shadow_timeout_ms`), and a standby that misses it is skipped for a while, because
+/// nginx reads the client's next request on a connection only once the mirror has finished.
+/// With no shadow generation (or an empty one) the mirror answers itself at once (204).
+fn render_shadow(w: &mut String, p: &NginxParams) {
+    let shadow = |color: &str| quote(&format!("{}/{color}-$bucket", p.shadow_dir));
+    let ms = p.shadow_timeout_ms.max(1);
+    let _ = writeln!(
+        w,
+        "        # Prediction requests: routed as above, and mirrored while a shadow runs."
+    );
+    let _ = writeln!(
+        w,
+        "        location ~ ^/(predict|v2/models/[^/]+(/versions/[^/]+)?/infer)$ {{"
+    );
+    render_route(w, p);
+    let _ = writeln!(w, "            set $shadow_to \"\";");
+    for color in ["blue", "green"] {
+        let _ = writeln!(w, "            if (-f {}) {{", shadow(color));
+        let _ = writeln!(w, "                set $shadow_to {color};");
+        let _ = writeln!(w, "            }}");
+    }
+    let _ = writeln!(w, "            mirror /_shadow_mirror;");
+    render_proxy(w, p, "$shadow_id");
     let _ = writeln!(w, "        }}");
-    let _ = writeln!(w, "    }}");
-    render_grpc_server(w, p);
-    let _ = writeln!(w, "}}");
-    out
+    let _ = writeln!(w);
+    let _ = writeln!(w, "        location = /_shadow_mirror {{");
+    let _ = writeln!(w, "            internal;");
+    let _ = writeln!(w, "            access_log off;");
+    let _ = writeln!(w, "            if ($shadow_to = \"\") {{");
+    let _ = writeln!(w, "                return 204;");
+    let _ = writeln!(w, "            }}");
+    let _ = writeln!(
+        w,
+        "            proxy_pass http://shadow_$shadow_to$request_uri;"
+    );
+    let _ = writeln!(w, "            proxy_http_version 1.1;");
+    let _ = writeln!(w, "            proxy_set_header Connection \"\";");
+    let _ = writeln!(w, "            proxy_set_header Host $host;");
+    let _ = writeln!(w, "            proxy_set_header X-Request-Id $req_id;");
+    let _ = writeln!(w, "            proxy_set_header X-Shadow-Id $shadow_id;");
+    let _ = writeln!(w, "            proxy_connect_timeout {ms}ms;");
+    let _ = writeln!(w, "            proxy_send_timeout {ms}ms;");
+    let _ = writeln!(w, "            proxy_read_timeout {ms}ms;");
+    let _ = writeln!(w, "            proxy_next_upstream off;");
+    let _ = writeln!(w, "        }}");
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "        # The colors' shadow journals are read on their direct ports, never through here."
+    );
+    let _ = writeln!(w, "        location ^~ /_shadow/ {{");
+    let _ = writeln!(w, "            access_log off;");
+    let _ = writeln!(w, "            default_type application/json;");
+    let _ = writeln!(w, "            return 404 '{{\"error\":\"not found\"}}';");
+    let _ = writeln!(w, "        }}");
 }
 
 /// Picks the request's color: blue unless its bucket is listed in the live route generation,
@@ -315,6 +408,7 @@ fn render_grpc_server(w: &mut String, p: &NginxParams) {
     render_route(w, p);
     let _ = writeln!(w, "            grpc_pass grpc://grpc_$color;");
     let _ = writeln!(w, "            grpc_set_header X-Request-Id $req_id;");
+    let _ = writeln!(w, "            grpc_set_header X-Shadow-Id \"\";");
     let _ = writeln!(w, "            grpc_connect_timeout 1s;");
     let _ = writeln!(w, "            grpc_send_timeout {budget}s;");
     let _ = writeln!(w, "            grpc_read_timeout {budget}s;");
@@ -456,6 +550,8 @@ mod tests {
             blue_grpc: "127.0.0.1:50051".into(),
             green_grpc: "127.0.0.1:50052".into(),
             route_dir: "/srv/mldeploy/routes".into(),
+            shadow_dir: "/srv/mldeploy/shadow".into(),
+            shadow_timeout_ms: 200,
             buckets: 4,
             pid_path: "/srv/mldeploy/nginx/nginx.pid".into(),
             error_log: "/srv/mldeploy/nginx/logs/error.log".into(),

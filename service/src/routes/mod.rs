@@ -6,6 +6,7 @@
 //! - `/predict` in [`predict`];
 //! - the Open Inference Protocol under `/v2` in [`v2`];
 //! - `/metrics` in [`metrics`];
+//! - `/_shadow/records` in [`shadow`], the journal of answers to mirrored requests;
 //! - `/openapi.json` in [`openapi`], the document assembled from every family's `Doc`;
 //! - [`schema`]: the helper for the JSON Schemas written by hand beside their types.
 //!
@@ -17,6 +18,7 @@ pub mod oip;
 pub mod openapi;
 pub mod predict;
 pub mod schema;
+pub mod shadow;
 pub mod v2;
 
 use axum::{
@@ -35,6 +37,7 @@ pub fn router() -> Router<AppState> {
         .merge(v2::router())
         .merge(openapi::router())
         .merge(metrics::router())
+        .merge(shadow::router())
         .fallback(not_found)
         // After the merges: it applies to the routes registered so far.
         .method_not_allowed_fallback(method_not_allowed)

@@ -13,7 +13,7 @@ use axum::{
 };
 use utoipa::OpenApi;
 
-use super::{health, metrics, predict, v2};
+use super::{health, metrics, predict, shadow, v2};
 use crate::{error::ErrorBody, state::AppState};
 
 /// This family's routes.
@@ -42,6 +42,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         predict::Doc::openapi(),
         v2::Doc::openapi(),
         metrics::Doc::openapi(),
+        shadow::Doc::openapi(),
     ] {
         doc.merge(part);
     }

@@ -3,7 +3,8 @@
 //!
 //! A row is four numbers, each within `[-FEATURE_LIMIT, FEATURE_LIMIT]`; a row outside gets a
 //! 422 that names the feature and the range (and the row, in a batch). The request and response
-//! schemas say exactly that (see [`super::schema`]).
+//! schemas say exactly that (see [`super::schema`]). The rows and predictions of a mirrored
+//! request are noted for the shadow journal ([`crate::shadow`]).
 
 use std::fmt;
 
@@ -28,6 +29,7 @@ use crate::{
     error::{ApiError, ErrorBody},
     extract::JsonBody,
     model::{Prediction, FEATURE_LIMIT, N_CLASSES, N_FEATURES},
+    shadow::{Answered, Shadow},
     state::{check_batch, check_finite, AppState, RowError, MAX_BATCH_ROWS},
 };
 
@@ -217,47 +219,56 @@ pub struct BatchPredictResponse<'a> {
 )]
 pub async fn predict(
     State(state): State<AppState>,
+    shadow: Shadow,
     JsonBody(request): JsonBody<PredictRequest>,
 ) -> Result<Response, ApiError> {
     let model = &state.model;
     let label = |p: &Prediction| model.label(p.class);
-    let answer = match (request.features, request.instances) {
+    match (request.features, request.instances) {
         (Some(row), None) => {
             let p = state.predict(&row.0)?;
-            PredictAnswer::One(PredictResponse {
+            let mut response = Json(PredictAnswer::One(PredictResponse {
                 class: p.class,
                 label: label(&p),
                 probabilities: Probabilities(p.probabilities),
                 version: model.version(),
-            })
+            }))
+            .into_response();
+            shadow.note(&mut response, || Answered {
+                inputs: vec![row.0],
+                outputs: vec![p],
+            });
+            Ok(response)
         }
         (None, Some(rows)) => {
             check_batch(rows.len())?;
             let rows: Vec<[f64; N_FEATURES]> = rows.iter().map(|row| row.0).collect();
-            let predictions = state
-                .predict_all(&rows)?
-                .iter()
-                .map(|p| RowPrediction {
-                    class: p.class,
-                    label: label(p),
-                    probabilities: Probabilities(p.probabilities),
-                })
-                .collect();
-            PredictAnswer::Batch(BatchPredictResponse {
-                predictions,
+            let predictions = state.predict_all(&rows)?;
+            let mut response = Json(PredictAnswer::Batch(BatchPredictResponse {
+                predictions: predictions
+                    .iter()
+                    .map(|p| RowPrediction {
+                        class: p.class,
+                        label: label(p),
+                        probabilities: Probabilities(p.probabilities),
+                    })
+                    .collect(),
                 version: model.version(),
-            })
+            }))
+            .into_response();
+            shadow.note(&mut response, || Answered {
+                inputs: rows,
+                outputs: predictions,
+            });
+            Ok(response)
         }
-        (Some(_), Some(_)) => {
-            return Err(ApiError::unprocessable(
-                "send either \"features\" (one row) or \"instances\" (a batch), not both",
-            ))
-        }
-        (None, None) => return Err(ApiError::unprocessable(
+        (Some(_), Some(_)) => Err(ApiError::unprocessable(
+            "send either \"features\" (one row) or \"instances\" (a batch), not both",
+        )),
+        (None, None) => Err(ApiError::unprocessable(
             "expected \"features\": [4 numbers] for one row, or \"instances\": [[4 numbers], ...] for a batch",
         )),
-    };
-    Ok(Json(answer).into_response())
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@
 //! - the data must hold exactly `N × 4` values, else 400. This is the one rule of the request
 //!   that JSON Schema cannot state, so the document allows what this refuses.
 //!
+//! The rows and predictions of a mirrored inference request are noted for the shadow journal
+//! ([`crate::shadow`]).
+//!
 //! The rules shared with the gRPC form of the protocol (the model and version, the metadata,
 //! the tensor's datatype, shape, value count and range, the outputs) are in
 //! [`crate::inference`]; only reading JSON data is this module's own.
@@ -37,6 +40,7 @@ use crate::{
         self, batch_rows, check_model, one_input, requested_outputs, Datatype, TensorSpec,
     },
     model::{N_CLASSES, N_FEATURES},
+    shadow::{Answered, Shadow},
     state::{AppState, MODEL_NAME},
 };
 
@@ -197,11 +201,12 @@ const INFER_422: &str = "Wrong JSON shape, an empty batch, or a value outside it
               (status = 422, description = INFER_422, body = ErrorBody)))]
 pub async fn infer(
     State(state): State<AppState>,
+    shadow: Shadow,
     PathParams(name): PathParams<String>,
     ProtocolJson(request): ProtocolJson<InferRequest>,
 ) -> Result<Response, ApiError> {
     check_model(&state, &name, None)?;
-    run_inference(&state, request)
+    run_inference(&state, shadow, request)
 }
 
 /// Inference on a version.
@@ -216,11 +221,12 @@ pub async fn infer(
               (status = 422, description = INFER_422, body = ErrorBody)))]
 pub async fn infer_version(
     State(state): State<AppState>,
+    shadow: Shadow,
     PathParams((name, version)): PathParams<(String, String)>,
     ProtocolJson(request): ProtocolJson<InferRequest>,
 ) -> Result<Response, ApiError> {
     check_model(&state, &name, Some(&version))?;
-    run_inference(&state, request)
+    run_inference(&state, shadow, request)
 }
 
 fn metadata(state: &AppState) -> ModelMetadata {
@@ -238,7 +244,13 @@ fn metadata(state: &AppState) -> ModelMetadata {
     }
 }
 
-fn run_inference(state: &AppState, request: InferRequest) -> Result<Response, ApiError> {
+/// Answers `request` with the outputs it asks for, and notes the rows and predictions for the
+/// shadow journal when the request is a mirrored one.
+fn run_inference(
+    state: &AppState,
+    shadow: Shadow,
+    request: InferRequest,
+) -> Result<Response, ApiError> {
     let rows = input_rows(&request.inputs)?;
     let (want_class, want_probabilities) = requested_outputs(
         request
@@ -266,13 +278,18 @@ fn run_inference(state: &AppState, request: InferRequest) -> Result<Response, Ap
             data: OutputData::Float(predictions.iter().flat_map(|p| p.probabilities).collect()),
         });
     }
-    let response = InferResponse {
+    let mut response = Json(InferResponse {
         model_name: MODEL_NAME.to_owned(),
         model_version: state.model.version().to_owned(),
         id: request.id,
         outputs,
-    };
-    Ok(Json(response).into_response())
+    })
+    .into_response();
+    shadow.note(&mut response, || Answered {
+        inputs: rows,
+        outputs: predictions,
+    });
+    Ok(response)
 }
 
 /// The rows of the single `[N, 4]` FP32/FP64 input tensor, by the rules of

@@ -132,6 +132,20 @@ pub async fn post_json(app: &Router, uri: &str, body: impl Into<Body>) -> Answer
     .await
 }
 
+/// The configuration of a [`TestServer`] serving `version` on free loopback ports, with the
+/// defaults otherwise.
+pub fn test_config(version: &str) -> Config {
+    Config {
+        model_path: model_dir(version),
+        model_version: Some(version.to_owned()),
+        host: Ipv4Addr::LOCALHOST.into(),
+        port: 0,
+        grpc_port: 0,
+        shutdown_timeout: Duration::from_secs(5),
+        shadow_journal_records: service::config::DEFAULT_SHADOW_JOURNAL_RECORDS,
+    }
+}
+
 /// An in-process server on free loopback ports (HTTP and gRPC), stopped through
 /// [`TestServer::shutdown`].
 pub struct TestServer {
@@ -143,14 +157,19 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(version: &str, shutdown_timeout: Duration) -> TestServer {
-        let config = Config {
-            model_path: model_dir(version),
-            model_version: Some(version.to_owned()),
-            host: Ipv4Addr::LOCALHOST.into(),
-            port: 0,
-            grpc_port: 0,
+        TestServer::start_with(Config {
             shutdown_timeout,
-        };
+            ..test_config(version)
+        })
+        .await
+    }
+
+    /// A server for `config` (from [`test_config`]), serving `config.model_version`.
+    pub async fn start_with(config: Config) -> TestServer {
+        let version = config
+            .model_version
+            .as_deref()
+            .expect("a test names its version");
         let server = Server::bind(&config, load(version))
             .await
             .expect("bind a free port");

@@ -230,6 +230,8 @@ impl Bench<'_> {
             blue_grpc: format!("127.0.0.1:{}", self.config.blue.grpc_port),
             green_grpc: format!("127.0.0.1:{}", self.config.green.grpc_port),
             route_dir: s("routes"),
+            shadow_dir: s("shadow"),
+            shadow_timeout_ms: self.config.shadow.timeout_ms,
             buckets: self.config.balancer.buckets,
             pid_path: s("nginx.pid"),
             error_log: s("logs/error.log"),

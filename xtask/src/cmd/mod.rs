@@ -7,6 +7,7 @@ mod ci;
 mod deploy;
 mod publish;
 mod setup;
+mod shadow;
 mod smoke;
 mod status;
 mod switch;

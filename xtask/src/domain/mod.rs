@@ -6,6 +6,8 @@
 pub mod canary;
 mod plan;
 mod routes;
+pub mod shadow;
+pub mod shadow_render;
 mod state;
 
 use std::fmt;

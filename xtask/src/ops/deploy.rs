@@ -7,8 +7,10 @@
 //!    it still backs the standby up in nginx) and wait until `/health` reports it;
 //! 3. gate it (health, golden predictions, bad input);
 //! 4. record the standby's new version; with `no_switch` stop here;
-//! 5. switch to it through the operation engine (verify, swap back on failure);
-//! 6. on any failure traffic stays where it was and the standby gets its old version back.
+//! 5. with a shadow stage: mirror live prediction requests to it and compare its answers with
+//!    the active color's ([`super::shadow`]); below the required agreement, refuse;
+//! 6. switch to it through the operation engine (verify, swap back on failure);
+//! 7. on any failure traffic stays where it was and the standby gets its old version back.
 
 use anyhow::{bail, Context, Result};
 
@@ -23,8 +25,28 @@ use crate::{
     runtime::Part,
 };
 
-/// Deploys `version` to the standby color and, unless `no_switch`, switches to it.
-pub fn deploy(ctx: &Deployment, version: &str, no_switch: bool) -> Result<()> {
+/// A shadow stage before the switch: what to mirror, and the class agreement required (a
+/// fraction, 0..=1).
+#[derive(Debug, Clone, Copy)]
+pub struct ShadowStage {
+    pub options: super::shadow::Options,
+    pub min_agreement: Option<f64>,
+}
+
+/// What follows the gates: nothing (`no_switch`), or the shadow stage if any, then the switch.
+struct Then {
+    no_switch: bool,
+    shadow: Option<ShadowStage>,
+}
+
+/// Deploys `version` to the standby color and, unless `no_switch`, switches to it (after the
+/// shadow stage, when there is one).
+pub fn deploy(
+    ctx: &Deployment,
+    version: &str,
+    no_switch: bool,
+    shadow: Option<ShadowStage>,
+) -> Result<()> {
     let live = repair(ctx, read_live(ctx)?)?;
     let mut state = live.state(&ctx.config);
     let Some(active) = live.split.active() else {
@@ -54,7 +76,7 @@ pub fn deploy(ctx: &Deployment, version: &str, no_switch: bool) -> Result<()> {
         standby,
         version,
         old.as_deref(),
-        no_switch,
+        Then { no_switch, shadow },
     );
     let elapsed = rec.elapsed();
     rec.finish(result)?;
@@ -76,8 +98,9 @@ fn run(
     standby: Color,
     version: &str,
     old: Option<&str>,
-    no_switch: bool,
+    then: Then,
 ) -> Result<(), Stopped> {
+    let Then { no_switch, shadow } = then;
     let active = standby.other();
     if let Err(err) = prepare(ctx, standby, version) {
         restore(ctx, standby, old);
@@ -93,6 +116,24 @@ fn run(
     if no_switch {
         return Ok(());
     }
+    if let Some(stage) = shadow {
+        let refused = match super::shadow::observe(ctx, &stage.options) {
+            Ok(analysis) => {
+                crate::say_raw!("{}", crate::domain::shadow_render::text(&analysis));
+                crate::domain::shadow::verdict(&analysis, stage.min_agreement)
+                    .err()
+                    .map(|why| (anyhow::anyhow!("shadow stage: {why}"), Outcome::Refused))
+            }
+            Err(stopped) => Some((stopped.error.context("shadow stage"), stopped.outcome)),
+        };
+        if let Some((err, outcome)) = refused {
+            put_back(ctx, state, rec, standby, old)?;
+            return Err(err.context(format!(
+                "deploy of {version} refused: traffic stays on {active}"
+            )))
+            .stop_with(outcome);
+        }
+    }
     match execute(ctx, Request::Switch { to: Some(standby) }) {
         Ok(switched) => {
             rec.aim(Split::all(standby));
@@ -100,22 +141,34 @@ fn run(
             Ok(())
         }
         Err(err) => {
-            restore(ctx, standby, old);
-            if let Some(old) = old {
-                state.versions.insert(standby, old.to_owned());
-                let mut recorded = read_live(ctx)
-                    .stop_with(Outcome::Failed)?
-                    .state(&ctx.config);
-                recorded.versions = state.versions.clone();
-                record_state(ctx, &recorded).stop_with(Outcome::Failed)?;
-                rec.versions(&state.versions);
-            }
+            put_back(ctx, state, rec, standby, old)?;
             Err(err.context(format!(
                 "deploy of {version}: the switch failed; traffic stays on {active}"
             )))
             .stop_with(Outcome::Failed)
         }
     }
+}
+
+/// Puts the standby's previous version back and records it, after a refused or failed switch.
+fn put_back(
+    ctx: &Deployment,
+    state: &mut DeployState,
+    rec: &mut Recorder,
+    standby: Color,
+    old: Option<&str>,
+) -> Result<(), Stopped> {
+    restore(ctx, standby, old);
+    if let Some(old) = old {
+        state.versions.insert(standby, old.to_owned());
+        let mut recorded = read_live(ctx)
+            .stop_with(Outcome::Failed)?
+            .state(&ctx.config);
+        recorded.versions = state.versions.clone();
+        record_state(ctx, &recorded).stop_with(Outcome::Failed)?;
+        rec.versions(&state.versions);
+    }
+    Ok(())
 }
 
 /// Starts `color` with `version`, waits until healthy, and gates it.

@@ -15,6 +15,7 @@ pub mod gates;
 mod health;
 mod live;
 mod record;
+pub mod shadow;
 pub mod smoke;
 pub mod status;
 #[cfg(test)]
@@ -28,7 +29,7 @@ use reqwest::blocking::Client;
 use xshell::Shell;
 
 pub use canary::rollout;
-pub use deploy::deploy;
+pub use deploy::{deploy, ShadowStage};
 pub use engine::{execute, repair, route};
 pub use health::{wait_balancer, wait_healthy};
 pub use live::{read_live, record_state, Live};

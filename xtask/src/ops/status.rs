@@ -39,6 +39,9 @@ pub struct Report {
     pub colors: Vec<ColorReport>,
     /// Disagreements and problems; empty when all is well.
     pub problems: Vec<String>,
+    /// What nginx mirrors to the standby now (`shadow`), absent when nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<String>,
     /// Set when nginx cannot read a route generation, so traffic does not follow the recorded
     /// split (everything goes to blue): `status` and `smoke` then fail.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -193,8 +196,22 @@ pub fn gather(ctx: &Deployment) -> Result<Report> {
         }
         Err(_) => problems.push("the balancer does not answer: run `cargo xtask up`".into()),
     }
+    let shadow = match super::shadow::reading(ctx) {
+        Ok(mirror) => {
+            super::shadow::describe(&mirror, ctx.config.balancer.buckets).map(|(color, percent)| {
+                format!("{percent} % of prediction requests mirrored to {color}")
+            })
+        }
+        Err(err) => Some(format!("unknown ({err:#})")),
+    };
+    if let Some(mirror) = &shadow {
+        problems.push(format!(
+            "shadow: {mirror}; unless a `cargo xtask shadow` or `deploy --shadow` is running, stop it with `cargo xtask shadow --stop`"
+        ));
+    }
     let ops = ctx.operations()?;
     Ok(Report {
+        shadow,
         runtime: ctx.rt.name().into(),
         balancer,
         split: live.split,
@@ -422,6 +439,7 @@ mod tests {
             ],
             problems: vec!["green takes 10 % of traffic but is not healthy".into()],
             unrouted: None,
+            shadow: None,
             recent: vec![op],
         }
     }

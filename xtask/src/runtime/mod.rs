@@ -32,6 +32,7 @@ pub mod compose;
 pub mod fake;
 pub mod local;
 pub mod routes;
+pub mod shadow;
 
 use std::time::Duration;
 

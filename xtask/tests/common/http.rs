@@ -58,7 +58,20 @@ pub fn exchange(
     body: Option<&str>,
     close: bool,
 ) -> Result<Response, String> {
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+    exchange_with(conn, host, method, path, body, close, "")
+}
+
+/// [`exchange`] with `headers` (complete `Name: value\r\n` lines) added to the request.
+pub fn exchange_with(
+    conn: &mut BufReader<TcpStream>,
+    host: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    close: bool,
+    headers: &str,
+) -> Result<Response, String> {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}");
     if close {
         request.push_str("Connection: close\r\n");
     }

@@ -31,6 +31,30 @@ use super::http::{self, Balancer};
 /// A prediction every model version answers `setosa`.
 const PREDICT_BODY: &str = r#"{"features":[5.1,3.5,1.4,0.2]}"#;
 const EXPECTED_CLASS: &str = "\"setosa\"";
+
+/// One request of a [`Workload`]: its body, a text its answer must contain, and extra header
+/// lines (`Name: value\r\n`).
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub body: String,
+    pub expect: String,
+    pub headers: String,
+}
+
+/// What the clients send: each client cycles through the requests, starting at its own offset.
+#[derive(Debug, Clone)]
+pub struct Workload(pub Vec<Planned>);
+
+impl Default for Workload {
+    /// The golden setosa row, which every model version answers alike.
+    fn default() -> Workload {
+        Workload(vec![Planned {
+            body: PREDICT_BODY.into(),
+            expect: EXPECTED_CLASS.into(),
+            headers: String::new(),
+        }])
+    }
+}
 /// How many failure reasons a tally keeps in order (all are counted in `reasons`).
 const KEPT_ERRORS: usize = 20;
 
@@ -144,14 +168,20 @@ pub struct Load {
 impl Load {
     /// Starts `connections` clients, each on its own keep-alive connection.
     pub fn start(balancer: &Balancer, connections: usize) -> Load {
+        Load::start_with(balancer, connections, Workload::default())
+    }
+
+    /// [`Load::start`] sending `workload`.
+    pub fn start_with(balancer: &Balancer, connections: usize, workload: Workload) -> Load {
+        let workload = Arc::new(workload);
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicUsize::new(0));
         let threads = (0..connections)
-            .map(|_| {
+            .map(|n| {
                 let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-                let addr = balancer.addr.clone();
-                thread::spawn(move || client(&addr, &stop, &ok, &failed))
+                let (addr, workload) = (balancer.addr.clone(), workload.clone());
+                thread::spawn(move || client(&addr, &workload, n, &stop, &ok, &failed))
             })
             .collect();
         Load {
@@ -217,8 +247,16 @@ pub fn under_load<T>(
 
 /// One client: a request at a time on its connection, a new connection only after a failure or
 /// an announced close.
-fn client(addr: &str, stop: &AtomicBool, ok: &AtomicUsize, failed: &AtomicUsize) -> Tally {
+fn client(
+    addr: &str,
+    workload: &Workload,
+    offset: usize,
+    stop: &AtomicBool,
+    ok: &AtomicUsize,
+    failed: &AtomicUsize,
+) -> Tally {
     let mut tally = Tally::default();
+    let mut next = offset;
     let mut conn = None;
     // Requests sent on the current connection (so a failure tells whether it was reused).
     let mut sent = 0;
@@ -241,8 +279,18 @@ fn client(addr: &str, stop: &AtomicBool, ok: &AtomicUsize, failed: &AtomicUsize)
             },
         };
         sent += 1;
+        let planned = &workload.0[next % workload.0.len()];
+        next += 1;
         let began = Instant::now();
-        let exchanged = http::exchange(stream, addr, "POST", "/predict", Some(PREDICT_BODY), false);
+        let exchanged = http::exchange_with(
+            stream,
+            addr,
+            "POST",
+            "/predict",
+            Some(&planned.body),
+            false,
+            &planned.headers,
+        );
         tally.latencies.push(began.elapsed());
         let outcome = match exchanged {
             Err(e) => {
@@ -262,7 +310,7 @@ fn client(addr: &str, stop: &AtomicBool, ok: &AtomicUsize, failed: &AtomicUsize)
                 let text = response.text();
                 if response.status != 200 {
                     Err(format!("status {}: {}", response.status, cut(text.trim())))
-                } else if !text.contains(EXPECTED_CLASS) {
+                } else if !text.contains(&planned.expect) {
                     Err(format!("wrong answer: {}", cut(text.trim())))
                 } else {
                     Ok(response)

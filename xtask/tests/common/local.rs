@@ -53,6 +53,11 @@ pub struct Deployment {
 impl Deployment {
     /// A fresh deployment named `name` (not started).
     pub fn new(name: &str) -> Deployment {
+        Deployment::new_with(name, "")
+    }
+
+    /// A fresh deployment whose configuration also has `local_extra` (lines of `[local]`).
+    pub fn new_with(name: &str, local_extra: &str) -> Deployment {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("local-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -66,7 +71,7 @@ impl Deployment {
                 "[balancer]\nport = {}\ngrpc_port = {}\nbuckets = 100\n\
                  [blue]\nversion = \"v1.0.0\"\nport = {}\ngrpc_port = {}\n\
                  [green]\nversion = \"v1.1.0\"\nport = {}\ngrpc_port = {}\n\
-                 [local]\nstate_dir = \"{}\"\n[timeouts]\nhealthy_secs = 30\nlock_secs = 60\n",
+                 [local]\nstate_dir = \"{}\"\n{local_extra}[timeouts]\nhealthy_secs = 30\nlock_secs = 60\n",
                 ports[0],
                 ports[3],
                 ports[1],

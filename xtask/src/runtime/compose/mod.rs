@@ -168,6 +168,8 @@ impl Runtime for Compose {
         params.blue_grpc = format!("{}:{CONTAINER_GRPC_PORT}", self.addresses.blue);
         params.green_grpc = format!("{}:{CONTAINER_GRPC_PORT}", self.addresses.green);
         params.route_dir = format!("{STATE_DIR}/routes");
+        params.shadow_dir = format!("{STATE_DIR}/shadow");
+        params.shadow_timeout_ms = self.config.shadow.timeout_ms;
         params.buckets = self.config.balancer.buckets;
         params.read_timeout_secs = self.config.balancer.read_timeout.as_secs();
         params.testers = self

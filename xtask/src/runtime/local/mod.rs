@@ -12,7 +12,8 @@
 //!
 //! The service binary is `$MLDEPLOY_SERVICE_BIN` when set, else `target/release/ml-service`,
 //! built with `cargo build --release -p service --bin ml-service` when missing or older than the
-//! service's sources. Each color gets `MODEL_PATH=<root>/models/<version>`, `MODEL_VERSION`,
+//! service's sources. Each color gets `MODEL_PATH=<models_dir>/<version>` (`local.models_dir`,
+//! default `models/`), `MODEL_VERSION`,
 //! `PORT` and `GRPC_PORT` (its direct ports) and `HOST=127.0.0.1`.
 
 use std::{
@@ -270,6 +271,8 @@ impl Runtime for Local {
             blue_grpc: format!("127.0.0.1:{}", self.config.blue.grpc_port),
             green_grpc: format!("127.0.0.1:{}", self.config.green.grpc_port),
             route_dir: s("routes"),
+            shadow_dir: s("shadow"),
+            shadow_timeout_ms: self.config.shadow.timeout_ms,
             buckets: self.config.balancer.buckets,
             pid_path: s("nginx/nginx.pid"),
             error_log: s("nginx/logs/error.log"),
@@ -318,9 +321,9 @@ impl Runtime for Local {
         if let Err(why) = crate::domain::check_version(version) {
             bail!("model version {version:?}: {why}");
         }
-        let model = self.root.join("models").join(version);
+        let model = self.config.local_models_dir(&self.root).join(version);
         if !model.join("model.json").is_file() {
-            bail!("no model {version}: {} is missing (train it with `cargo xtask train --version {version}`)", model.join("model.json").display());
+            bail!("no model {version}: {} is missing (train it with `cargo xtask train --version {version}`, or set `local.models_dir`)", model.join("model.json").display());
         }
         let bin = self.service_bin()?;
         self.ensure_dirs()?;
