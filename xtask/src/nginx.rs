@@ -216,10 +216,14 @@ pub fn render(p: &NginxParams) -> String {
     }
     // The mirror's own upstreams: one color each, no backup (a copy is never sent to the
     // active color instead), skipped for 5 s after missing the mirror's budget.
+    // nginx never marks the only server of a group down, so each has the sink (nginx itself,
+    // answering 204 at once) as a backup: while the color is marked down, copies go there.
+    let sink = format!("unix:{}", shadow_sink(p));
     for (name, addr) in [("shadow_blue", &p.blue), ("shadow_green", &p.green)] {
         let _ = writeln!(w, "    upstream {name} {{");
         let _ = writeln!(w, "        zone upstream_{name} 64k;");
         let _ = writeln!(w, "        server {addr} max_fails=1 fail_timeout=5s;");
+        let _ = writeln!(w, "        server {sink} backup;");
         let _ = writeln!(w, "        keepalive 16;");
         let _ = writeln!(w, "    }}");
     }
@@ -267,8 +271,23 @@ pub fn render(p: &NginxParams) -> String {
     render_shadow(w, p);
     let _ = writeln!(w, "    }}");
     render_grpc_server(w, p);
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "    # The shadow sink: where copies go while the standby is marked down."
+    );
+    let _ = writeln!(w, "    server {{");
+    let _ = writeln!(w, "        listen unix:{};", shadow_sink(p));
+    let _ = writeln!(w, "        access_log off;");
+    let _ = writeln!(w, "        return 204;");
+    let _ = writeln!(w, "    }}");
     let _ = writeln!(w, "}}");
     out
+}
+
+/// The unix socket of the shadow sink, in nginx's temporary folder.
+fn shadow_sink(p: &NginxParams) -> String {
+    format!("{}/shadow-sink.sock", p.temp_dir)
 }
 
 /// Proxies to `$color` with failover to the other color and the latency budget; `shadow_id` is
@@ -350,7 +369,10 @@ fn render_shadow(w: &mut String, p: &NginxParams) {
     let _ = writeln!(w, "            proxy_connect_timeout {ms}ms;");
     let _ = writeln!(w, "            proxy_send_timeout {ms}ms;");
     let _ = writeln!(w, "            proxy_read_timeout {ms}ms;");
-    let _ = writeln!(w, "            proxy_next_upstream off;");
+    // Counted as failures (so a standby that misses the budget is skipped for `fail_timeout`),
+    // never retried: the mirror's upstream has one server.
+    let _ = writeln!(w, "            proxy_next_upstream error timeout;");
+    let _ = writeln!(w, "            proxy_next_upstream_tries 1;");
     let _ = writeln!(w, "        }}");
     let _ = writeln!(w);
     let _ = writeln!(

@@ -278,6 +278,9 @@ pub struct Disagreement {
     pub candidate_probabilities: Vec<f64>,
     /// The largest |p_active − p_candidate| in this row.
     pub diff: f64,
+    /// How many compared rows had this same input and these same classes (live traffic
+    /// repeats itself; each distinct disagreement is listed once).
+    pub occurrences: u64,
 }
 
 /// Latency percentiles of each color over the paired requests.
@@ -413,12 +416,34 @@ pub fn analyse(joined: &Joined<'_>, sides: &Sides, top_n: usize) -> Analysis {
             .then(a.pair.active.id.cmp(&b.pair.active.id))
             .then(a.row.cmp(&b.row))
     });
-    let top_disagreements = ranked
+    let input_of = |row: &RowCmp<'_>| {
+        let (a, c) = (row.pair.active, row.pair.candidate);
+        a.inputs
+            .get(row.row)
+            .or_else(|| c.inputs.get(row.row))
+            .cloned()
+            .unwrap_or_default()
+    };
+    // One entry per distinct (input, classes), in rank order, counting its repeats.
+    let mut distinct: Vec<(&RowCmp<'_>, u64)> = Vec::new();
+    for row in ranked {
+        let key = |r: &RowCmp<'_>| {
+            let bits: Vec<u64> = input_of(r).iter().map(|x| x.to_bits()).collect();
+            (bits, r.active_class, r.candidate_class)
+        };
+        let full = distinct.len() >= top_n;
+        match distinct.iter_mut().find(|(seen, _)| key(seen) == key(row)) {
+            Some((_, n)) => *n += 1,
+            None if !full => distinct.push((row, 1)),
+            None => {}
+        }
+    }
+    let top_disagreements = distinct
         .into_iter()
-        .take(top_n)
-        .map(|row| {
+        .map(|(row, occurrences)| {
             let (a, c) = (row.pair.active, row.pair.candidate);
             Disagreement {
+                occurrences,
                 id: a.id.clone(),
                 row: row.row,
                 input: a
@@ -1015,6 +1040,21 @@ mod tests {
         let candidate: Vec<Record> = (0..10)
             .map(|i| record(&format!("r{i}"), &[1], &[VERSICOLOR]))
             .collect();
+        let analysis = analyse(&join(&active, &candidate), &sides(), 3);
+        // The same input and classes ten times: listed once, with its count.
+        let listed: Vec<(&str, u64)> = analysis
+            .top_disagreements
+            .iter()
+            .map(|d| (d.id.as_str(), d.occurrences))
+            .collect();
+        assert_eq!(listed, [("r0", 10)]);
+        let distinct = |mut records: Vec<Record>| {
+            for (i, r) in records.iter_mut().enumerate() {
+                r.inputs = vec![vec![i as f64, 1.0]];
+            }
+            records
+        };
+        let (active, candidate) = (distinct(active), distinct(candidate));
         let analysis = analyse(&join(&active, &candidate), &sides(), 3);
         let ids: Vec<&str> = analysis
             .top_disagreements

@@ -127,11 +127,12 @@ pub fn text(a: &Analysis) -> String {
         for (i, d) in a.top_disagreements.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "  {}. {} row {}: input {}\n     active {} {}  candidate {} {}  max diff {}",
+                "  {}. input {} ({}; e.g. request {} row {})\n     active {} {}  candidate {} {}  max diff {}",
                 i + 1,
+                numbers(&d.input),
+                times(d.occurrences),
                 plain(&d.id),
                 d.row,
-                numbers(&d.input),
                 label(a, d.active_class),
                 probs(&d.active_probabilities),
                 label(a, d.candidate_class),
@@ -141,6 +142,15 @@ pub fn text(a: &Analysis) -> String {
         }
     }
     out
+}
+
+/// `once`, `3 times`.
+fn times(n: u64) -> String {
+    if n == 1 {
+        "once".to_owned()
+    } else {
+        format!("{} times", thousands(n))
+    }
 }
 
 /// The same summary as GitHub-flavoured Markdown, for a CI job summary.
@@ -233,16 +243,17 @@ pub fn markdown(a: &Analysis) -> String {
 
     if !a.top_disagreements.is_empty() {
         out += "**Top disagreements**\n\n";
-        out += "| # | id | row | input | active | candidate | max \\|Δp\\| |\n";
+        out += "| # | input | seen | e.g. request (row) | active | candidate | max \\|Δp\\| |\n";
         out += "| ---: | --- | ---: | --- | --- | --- | ---: |\n";
         for (i, d) in a.top_disagreements.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} {} | {} {} | {} |",
+                "| {} | {} | {} | {} ({}) | {} {} | {} {} | {} |",
                 i + 1,
+                numbers(&d.input),
+                d.occurrences,
                 md(&d.id),
                 d.row,
-                numbers(&d.input),
                 md(&label(a, d.active_class)),
                 probs(&d.active_probabilities),
                 md(&label(a, d.candidate_class)),
@@ -775,7 +786,7 @@ mod tests {
         assert!(md.contains("| class disagreement | 2.7 % | 0.0 % |"));
         assert!(md.contains("| [0.5, 1] | 33 |"), "{md}");
         assert!(
-            md.contains("| 1 | id-0000 | 0 | [5.1, 3.5, 1.4, 0.2] |"),
+            md.contains("| 1 | [5.1, 3.5, 1.4, 0.2] | 11 | id-0000 (0) |"),
             "{md}"
         );
         assert!(!md.contains("lost|id"));

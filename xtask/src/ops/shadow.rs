@@ -42,6 +42,14 @@ use crate::{
     },
 };
 
+/// Progress goes to stderr, so that `--format json` leaves stdout to the report.
+macro_rules! progress {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// The journal path on each color's direct port.
 const JOURNAL: &str = "/_shadow/records";
 /// Records fetched per request (the service's maximum).
@@ -50,6 +58,8 @@ const PAGE: usize = 10_000;
 const FLOOR_SAMPLE: usize = 200;
 /// Disagreements listed in the report.
 const TOP: usize = 10;
+/// How long the journals may take to answer at the end of a run.
+const FETCH_PATIENCE: Duration = Duration::from_secs(15);
 /// How often progress is printed while the mirror runs.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -131,7 +141,7 @@ pub fn observe(ctx: &Deployment, options: &Options) -> Result<Analysis, Stopped>
         journal_mark(&ctx.client, &candidate_url).stop_with(Outcome::Refused)?,
     );
 
-    crate::say!(
+    progress!(
         "shadow: mirroring {} % of prediction requests from {active} ({}) to {candidate} ({}) for up to {} s{}…",
         options.percent,
         versions.0,
@@ -148,8 +158,11 @@ pub fn observe(ctx: &Deployment, options: &Options) -> Result<Analysis, Stopped>
         .stop_with(Outcome::Failed)?;
     let started = Instant::now();
     let mut last_progress = Instant::now();
+    // Progress asks quickly: a standby that hangs must not hold the run past its duration.
+    let quick =
+        crate::http::client_with_timeout(Duration::from_millis(500)).stop_with(Outcome::Failed)?;
     loop {
-        let answered = journal_mark(&ctx.client, &candidate_url)
+        let answered = journal_mark(&quick, &candidate_url)
             .map(|last| last.saturating_sub(marks.1))
             .unwrap_or(0);
         if started.elapsed() >= options.duration || options.requests.is_some_and(|n| answered >= n)
@@ -157,7 +170,7 @@ pub fn observe(ctx: &Deployment, options: &Options) -> Result<Analysis, Stopped>
             break;
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
-            crate::say!(
+            progress!(
                 "shadow: {answered} copies answered by {candidate} after {:.0} s",
                 started.elapsed().as_secs_f64()
             );
@@ -171,9 +184,21 @@ pub fn observe(ctx: &Deployment, options: &Options) -> Result<Analysis, Stopped>
     let observed = started.elapsed();
 
     let active_records =
-        fetch_since(&ctx.client, &active_url, marks.0).stop_with(Outcome::Failed)?;
-    let candidate_records =
-        fetch_since(&ctx.client, &candidate_url, marks.1).stop_with(Outcome::Failed)?;
+        fetch_patiently(&ctx.client, &active_url, marks.0).stop_with(Outcome::Failed)?;
+    // A standby that hung or died during the run has answered nothing we can read: its
+    // copies count as unanswered, and the report says so.
+    let candidate_records = match fetch_patiently(&ctx.client, &candidate_url, marks.1) {
+        Ok(records) => records,
+        Err(err) => {
+            progress!(
+                "shadow: {candidate}'s journal cannot be read ({err:#}); every copy sent to it counts as unanswered"
+            );
+            Fetched {
+                records: Vec::new(),
+                evicted: 0,
+            }
+        }
+    };
     let joined = analysis::join(&active_records.records, &candidate_records.records);
     let replays = replay(
         &ctx.client,
@@ -205,7 +230,7 @@ struct MirrorGuard<'a>(&'a Shadow<'a>);
 impl Drop for MirrorGuard<'_> {
     fn drop(&mut self) {
         if let Err(err) = self.0.stop() {
-            crate::say!(
+            progress!(
                 "warning: could not stop the mirror: {err:#}; run `cargo xtask shadow --stop`"
             );
         }
@@ -251,6 +276,18 @@ fn page(client: &Client, url: &str, after: u64, limit: usize) -> Result<Page> {
 struct Fetched {
     records: Vec<Record>,
     evicted: u64,
+}
+
+/// [`fetch_since`], retried for a while: a color that was just slow or stopped may answer.
+fn fetch_patiently(client: &Client, url: &str, mark: u64) -> Result<Fetched> {
+    let deadline = Instant::now() + FETCH_PATIENCE;
+    loop {
+        match fetch_since(client, url, mark) {
+            Ok(fetched) => return Ok(fetched),
+            Err(err) if Instant::now() >= deadline => return Err(err),
+            Err(_) => thread::sleep(Duration::from_millis(500)),
+        }
+    }
 }
 
 fn fetch_since(client: &Client, url: &str, mark: u64) -> Result<Fetched> {

@@ -12,7 +12,7 @@ use std::{
 
 use super::{
     free_ports, project_root, run_ok, runs_ok,
-    xtask::{stderr, Xtask},
+    xtask::{stderr, stdout, Xtask},
     Balancer, COMPOSE_PORTS,
 };
 
@@ -97,6 +97,11 @@ impl Stack {
     /// Runs the command, asserts it succeeded, returns its wall time.
     pub fn ok(&self, args: &[&str]) -> Duration {
         self.xtask.ok(args).1
+    }
+
+    /// Runs the command, asserts it succeeded, returns its stdout.
+    pub fn stdout(&self, args: &[&str]) -> String {
+        stdout(&self.xtask.ok(args).0)
     }
 
     /// Runs the command, asserts it failed, returns its stderr.

@@ -245,6 +245,19 @@ pub fn under_load<T>(
     (result, load.finish())
 }
 
+/// [`under_load`] sending `workload`.
+pub fn under_load_with<T>(
+    balancer: &Balancer,
+    connections: usize,
+    workload: Workload,
+    during: impl FnOnce(&Load) -> T,
+) -> (T, Tally) {
+    let load = Load::start_with(balancer, connections, workload);
+    load.wait_for_more(200);
+    let result = during(&load);
+    (result, load.finish())
+}
+
 /// One client: a request at a time on its connection, a new connection only after a failure or
 /// an announced close.
 fn client(

@@ -35,7 +35,7 @@ use std::{
 pub use compose::Stack;
 pub use grpc_load::{under_grpc_load, GrpcLoad, GrpcTally};
 pub use http::Balancer;
-pub use load::{Load, Tally};
+pub use load::{Load, Planned, Tally, Workload};
 pub use local::{service_bin, Deployment};
 
 /// The workspace root (the xtask binary runs there, as `cargo xtask` does).
