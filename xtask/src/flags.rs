@@ -344,6 +344,9 @@ pub enum BenchTarget {
     /// (req/s, p50, p99; `--connections` calls in flight over 4 HTTP/2 channels), then failed
     /// RPCs while switching under gRPC load.
     Grpc,
+    /// Client req/s, p50, p99 and max through the balancer with shadow traffic off, at 10 %,
+    /// at 100 %, and at 100 % with the standby hung (SIGSTOP), and the copies the standby answered.
+    Shadow,
 }
 
 #[derive(Debug, Args)]

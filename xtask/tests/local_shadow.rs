@@ -123,9 +123,14 @@ fn shadow_reports_what_the_models_answer_offline_and_leaves_routing_alone() {
         (odd as f64 - rows_compared as f64 / 4.0).abs() <= 4.0,
         "{odd} odd rows of {rows_compared}"
     );
-    for disagreement in report["top_disagreements"].as_array().unwrap() {
-        let input: Vec<f64> = serde_json::from_value(disagreement["input"].clone()).unwrap();
-        assert_eq!(input, odd_row.to_vec(), "{disagreement}");
+    // The list leads with the one class change (its input, counted), then probability changes.
+    let top = report["top_disagreements"].as_array().unwrap();
+    let first = &top[0];
+    let input: Vec<f64> = serde_json::from_value(first["input"].clone()).unwrap();
+    assert_eq!(input, odd_row.to_vec(), "{first}");
+    assert_eq!(first["occurrences"].as_u64(), Some(odd), "{first}");
+    for other in &top[1..] {
+        assert_eq!(other["active_class"], other["candidate_class"], "{other}");
     }
     assert_eq!(report["unpaired"]["duplicate_ids"], 0, "{report:#}");
     assert_eq!(report["unpaired"]["missing_on_active"], 0, "{report:#}");

@@ -9,11 +9,13 @@
 //!
 //! - `bench hang`: the active color hanging under load, before and after the latency budget;
 //! - `bench grpc`: gRPC unary `Predict` direct and through nginx against HTTP/JSON in the same
-//!   run, and failed RPCs while switching.
+//!   run, and failed RPCs while switching;
+//! - `bench shadow`: client req/s and latency through the balancer with the mirror off, at
+//!   10 % and 100 %, and at 100 % with the standby hung.
 //!
-//! `wrk` runs the load for the first three (`hang` has its own client, which waits for
-//! answers; `grpc` its own tonic client for the gRPC side, wrk for the HTTP side); `report`
-//! writes their sections of the document.
+//! `wrk` runs the load for the first three and `shadow` (`hang` has its own client, which
+//! waits for answers; `grpc` its own tonic client for the gRPC side, wrk for the HTTP side);
+//! `report` writes their sections of the document.
 
 mod compose;
 mod grpc;
@@ -21,6 +23,7 @@ mod hang;
 mod report;
 mod service;
 mod service_nginx;
+mod shadow;
 mod switch;
 mod wrk;
 
@@ -37,6 +40,7 @@ impl flags::Bench {
             BenchTarget::Compose => compose::run(sh, global, &self),
             BenchTarget::Hang => hang::run(sh, global, &self),
             BenchTarget::Grpc => grpc::run(sh, global, &self),
+            BenchTarget::Shadow => shadow::run(sh, global, &self),
         }
     }
 }

@@ -23,6 +23,10 @@ use std::{
 use ml_proto::prediction::{prediction_service_client::PredictionServiceClient, PredictRequest};
 use tonic::transport::{Channel, Endpoint};
 
+/// What the balancer tells a client whose call died with its color (`xtask/src/nginx.rs`).
+pub const CRASH_MESSAGE: &str =
+    "balancer: the color serving this call failed before it answered; Predict is idempotent, retry it";
+
 /// How many failure reasons a tally keeps in order.
 const KEPT_ERRORS: usize = 20;
 /// A row every model version answers with class 0 (setosa).
@@ -51,6 +55,24 @@ impl GrpcTally {
         sorted.sort_unstable();
         let rank = (sorted.len() * percent).div_ceil(100).max(1);
         sorted.get(rank - 1).copied().unwrap_or_default()
+    }
+
+    /// After a color crashed with calls in flight: panics unless every failure is the
+    /// balancer's UNAVAILABLE for a call that died with its color, and there were at most
+    /// `bound` of them (the calls in flight, plus one per kept-alive upstream connection).
+    pub fn assert_only_crash_failures(&self, phase: &str, bound: usize) {
+        let expected = format!("Unavailable: {CRASH_MESSAGE}");
+        assert!(
+            self.reasons.keys().all(|reason| *reason == expected),
+            "{phase}: failures other than the crash's: {:?}",
+            self.reasons
+        );
+        assert!(
+            self.failed <= bound,
+            "{phase}: {} calls failed, more than the {bound} that could have been in flight",
+            self.failed
+        );
+        assert!(self.ok > 0, "{phase}: the load made no call at all");
     }
 
     /// Panics unless no call failed and some succeeded.
