@@ -119,6 +119,8 @@ pub fn render(p: &NginxParams) -> String {
         "# Routing: see xtask/src/nginx.rs. A switch never reloads this config."
     );
     let _ = writeln!(w, "worker_processes auto;");
+    // Idle gRPC channels are kept for an hour; a reload or a stop must not wait for them.
+    let _ = writeln!(w, "worker_shutdown_timeout 10s;");
     let _ = writeln!(w, "pid {};", q(&p.pid_path));
     let _ = writeln!(w, "error_log {} warn;", q(&p.error_log));
     let _ = writeln!(w);
