@@ -34,7 +34,7 @@ use xshell::{cmd, Shell};
 
 use super::{
     report,
-    wrk::{self, free_port, Wrk, WrkRun},
+    wrk::{self, Wrk, WrkRun},
 };
 use crate::{flags, host, util::project_root};
 
@@ -60,32 +60,13 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
     if cfg!(debug_assertions) {
         return rerun_optimised(sh, bench);
     }
-    let dir = project_root().join("target/bench/grpc");
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).context("create the benchmark folder target/bench/grpc")?;
-    let mut ports = [0; 6];
-    for port in &mut ports {
-        *port = free_port()?;
-    }
-    let [balancer, balancer_grpc, blue, blue_grpc, green, green_grpc] = ports;
-    let (config_path, state) = (dir.join("deploy.toml"), dir.join("state"));
-    let toml = format!(
-        "[balancer]\nport = {balancer}\ngrpc_port = {balancer_grpc}\n[blue]\nport = {blue}\n\
-         grpc_port = {blue_grpc}\n[green]\nport = {green}\ngrpc_port = {green_grpc}\n\
-         [local]\nstate_dir = \"{}\"\n",
-        state.display()
-    );
-    fs::write(&config_path, toml).context("write the benchmark's deploy.toml")?;
+    let private = super::Private::new("grpc", "")?;
+    let (dir, config_path, global) = (&private.dir, &private.config_path, &private.global);
     // A private copy of this binary for the timed `switch` runs: a rebuild of `target/` during
     // the benchmark must not pull it away.
     fs::copy("/proc/self/exe", dir.join("xtask")).context("copy the xtask binary")?;
-    let global = flags::Global {
-        runtime: flags::RuntimeKind::Local,
-        config: config_path.clone(),
-    };
-    let result = measure(sh, &global, bench, &dir, &config_path);
-    let _ = (flags::Down {}).run(sh, &global);
-    let _ = fs::remove_dir_all(&dir);
+    let result = measure(sh, global, bench, dir, config_path);
+    private.remove(sh);
     let report = result?;
     crate::say!("{report}");
     report::write_doc(None, SECTION, &report)?;

@@ -29,11 +29,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use xshell::Shell;
 
-use super::{report, wrk::free_port};
-use crate::{
-    flags, host,
-    util::{self, project_root},
-};
+use super::report;
+use crate::{flags, host, util};
 
 const SECTION: &str = "## A hung color";
 /// Keep-alive clients.
@@ -104,33 +101,8 @@ struct Measured {
 
 /// One deployment with `budget` seconds of read timeout, one hang of `hang`.
 fn measure(sh: &Shell, budget: u64, hang: Duration) -> Result<Measured> {
-    let dir = project_root().join("target/bench/hang");
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).context("create the benchmark folder")?;
-    let mut ports = [0; 6];
-    for port in &mut ports {
-        *port = free_port()?;
-    }
-    let config_path = dir.join("deploy.toml");
-    fs::write(
-        &config_path,
-        format!(
-            "[balancer]\nport = {}\ngrpc_port = {}\nread_timeout_secs = {budget}\n\
-             [blue]\nport = {}\ngrpc_port = {}\n[green]\nport = {}\ngrpc_port = {}\n\
-             [local]\nstate_dir = \"{}\"\n",
-            ports[0],
-            ports[3],
-            ports[1],
-            ports[4],
-            ports[2],
-            ports[5],
-            dir.join("state").display()
-        ),
-    )?;
-    let global = flags::Global {
-        runtime: flags::RuntimeKind::Local,
-        config: config_path,
-    };
+    let private = super::Private::new("hang", &format!("read_timeout_secs = {budget}\n"))?;
+    let (dir, global) = (private.dir.clone(), private.global.clone());
     let conf = if budget >= 60 {
         // The seed config: no read timeout (nginx's 60 s default) and no shared upstream state.
         let up = flags::Up {
@@ -162,7 +134,7 @@ fn measure(sh: &Shell, budget: u64, hang: Duration) -> Result<Measured> {
     };
     let result = up
         .run(sh, &global)
-        .and_then(|()| hang_under_load(&dir, ports[0], hang));
+        .and_then(|()| hang_under_load(&dir, private.balancer_port, hang));
     let _ = Command::new("kill")
         .args(["-CONT", &read_pid(&dir).unwrap_or_default()])
         .status();

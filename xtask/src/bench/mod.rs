@@ -27,7 +27,9 @@ mod shadow;
 mod switch;
 mod wrk;
 
-use anyhow::Result;
+use std::{fs, path::PathBuf};
+
+use anyhow::{Context, Result};
 use xshell::Shell;
 
 use crate::flags::{self, BenchTarget};
@@ -42,5 +44,59 @@ impl flags::Bench {
             BenchTarget::Grpc => grpc::run(sh, global, &self),
             BenchTarget::Shadow => shadow::run(sh, global, &self),
         }
+    }
+}
+
+/// A benchmark's own local deployment: a folder under `target/bench/<name>`, free ports, a deploy
+/// configuration naming them, and the flags that open it. Nothing is started yet.
+pub(crate) struct Private {
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub state: PathBuf,
+    pub global: flags::Global,
+    /// The balancer's HTTP port.
+    pub balancer_port: u16,
+}
+
+impl Private {
+    /// A fresh folder for benchmark `name`, with `balancer_extra` (TOML lines) added to the
+    /// `[balancer]` table of its configuration.
+    pub fn new(name: &str, balancer_extra: &str) -> Result<Private> {
+        let dir = crate::util::project_root().join("target/bench").join(name);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("create the benchmark folder {}", dir.display()))?;
+        let mut ports = [0; 6];
+        for port in &mut ports {
+            *port = wrk::free_port()?;
+        }
+        let [balancer, balancer_grpc, blue, blue_grpc, green, green_grpc] = ports;
+        let (config_path, state) = (dir.join("deploy.toml"), dir.join("state"));
+        let toml = format!(
+            "[balancer]\nport = {balancer}\ngrpc_port = {balancer_grpc}\n{balancer_extra}\
+             [blue]\nport = {blue}\ngrpc_port = {blue_grpc}\n\
+             [green]\nport = {green}\ngrpc_port = {green_grpc}\n\
+             [local]\nstate_dir = \"{}\"\n",
+            state.display()
+        );
+        fs::write(&config_path, toml).context("write the benchmark's deploy.toml")?;
+        let global = flags::Global {
+            runtime: flags::RuntimeKind::Local,
+            config: config_path.clone(),
+        };
+        Ok(Private {
+            dir,
+            config_path,
+            state,
+            global,
+            balancer_port: balancer,
+        })
+    }
+
+    /// Stops the deployment and removes the folder (best effort: the benchmark's own result
+    /// is what the caller reports).
+    pub fn remove(&self, sh: &Shell) {
+        let _ = (flags::Down {}).run(sh, &self.global);
+        let _ = fs::remove_dir_all(&self.dir);
     }
 }

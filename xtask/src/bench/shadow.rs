@@ -23,13 +23,13 @@ use xshell::{cmd, Shell};
 
 use super::{
     report,
-    wrk::{self, free_port, Wrk, WrkRun},
+    wrk::{self, Wrk, WrkRun},
 };
 use crate::{
     domain::{shadow::Page, Color},
     flags, host, http,
     runtime::{self, shadow::Shadow, Part},
-    util::{self, project_root},
+    util,
 };
 
 const SECTION: &str = "## Shadow";
@@ -42,29 +42,9 @@ const RESUME_PATIENCE: Duration = Duration::from_secs(15);
 
 pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> Result<()> {
     host::ensure_commands(sh, &[host::NGINX, host::WRK])?;
-    let dir = project_root().join("target/bench/shadow");
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).context("create the benchmark folder target/bench/shadow")?;
-    let mut ports = [0; 6];
-    for port in &mut ports {
-        *port = free_port()?;
-    }
-    let [balancer, balancer_grpc, blue, blue_grpc, green, green_grpc] = ports;
-    let (config_path, state) = (dir.join("deploy.toml"), dir.join("state"));
-    let toml = format!(
-        "[balancer]\nport = {balancer}\ngrpc_port = {balancer_grpc}\n[blue]\nport = {blue}\n\
-         grpc_port = {blue_grpc}\n[green]\nport = {green}\ngrpc_port = {green_grpc}\n\
-         [local]\nstate_dir = \"{}\"\n",
-        state.display()
-    );
-    fs::write(&config_path, toml).context("write the benchmark's deploy.toml")?;
-    let global = flags::Global {
-        runtime: flags::RuntimeKind::Local,
-        config: config_path.clone(),
-    };
-    let result = measure(sh, &global, bench, &dir, &state);
-    let _ = (flags::Down {}).run(sh, &global);
-    let _ = fs::remove_dir_all(&dir);
+    let private = super::Private::new("shadow", "")?;
+    let result = measure(sh, &private.global, bench, &private.dir, &private.state);
+    private.remove(sh);
     let report = result?;
     crate::say!("{report}");
     report::write_doc(None, SECTION, &report)?;
