@@ -323,6 +323,11 @@ fn bad_flags_are_refused_before_anything_changes() {
         let err = d.fails(&args);
         assert!(err.contains(message), "{args:?}: {err}");
     }
+    // During a canary split there is no single active color to compare with: refused.
+    d.ok(&["canary", "--percent", "30"]);
+    let err = d.fails(&["shadow", "--percent", "10", "--duration", "5"]);
+    assert!(err.contains("a canary split is in progress"), "{err}");
+    d.ok(&["canary", "--percent", "0"]);
     // No standby: a shadow run is refused, and nothing was mirrored.
     d.kill("green");
     let err = d.fails(&["shadow", "--percent", "10", "--duration", "5"]);
