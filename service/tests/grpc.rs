@@ -10,6 +10,10 @@
 //! - the drain covers gRPC: an RPC in flight finishes, new connections are refused, and a stuck
 //!   one cannot hold the drain past its timeout;
 //! - the real binary serves gRPC on `GRPC_PORT` and logs both addresses.
+//!
+//! One file on purpose, although it is long: every file under `tests/` is a test binary of its
+//! own that links the whole service and a tonic client, so splitting this one would add link
+//! time to every CI run; the tests follow the order of the list above.
 
 mod common;
 

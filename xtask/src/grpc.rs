@@ -145,6 +145,11 @@ impl Probe {
     }
 }
 
+/// `host:port` of a gRPC URL (`http://host:port`), as people type it into a client.
+pub fn address(url: &str) -> &str {
+    url.strip_prefix("http://").unwrap_or(url)
+}
+
 /// The health check's answer must be SERVING.
 pub fn check_serving(status: ServingStatus) -> Result<()> {
     if status != ServingStatus::Serving {

@@ -102,18 +102,8 @@ fn measure(
     config_path: &Path,
 ) -> Result<String> {
     let config = crate::config::load(config_path)?;
-    let machine = format!(
-        "Machine: {} (shared by the load generators, nginx and both colors; load average before the run {}); {}.",
-        report::cpu(),
-        report::load_average(),
-        report::nginx_version(sh)
-    );
-    (flags::Up {
-        blue: None,
-        green: None,
-        nginx_conf: None,
-    })
-    .run(sh, global)?;
+    let machine = report::machine(sh, "the load generators, nginx and both colors");
+    super::up(sh, global)?;
     let lua = dir.join("predict.lua");
     wrk::write_script(&lua)?;
     let secs = bench.duration.max(5);

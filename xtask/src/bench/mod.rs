@@ -47,6 +47,16 @@ impl flags::Bench {
     }
 }
 
+/// `up` with the deploy configuration's versions and the rendered nginx config.
+pub(crate) fn up(sh: &Shell, global: &flags::Global) -> Result<()> {
+    flags::Up {
+        blue: None,
+        green: None,
+        nginx_conf: None,
+    }
+    .run(sh, global)
+}
+
 /// A benchmark's own local deployment: a folder under `target/bench/<name>`, free ports, a deploy
 /// configuration naming them, and the flags that open it. Nothing is started yet.
 pub(crate) struct Private {

@@ -43,6 +43,17 @@ pub fn nginx_version(sh: &Shell) -> String {
         })
 }
 
+/// The sentence naming the machine a benchmark ran on, what shared its cores, how busy it was
+/// before the run, and the nginx version.
+pub fn machine(sh: &Shell, shared_by: &str) -> String {
+    format!(
+        "Machine: {} (shared by {shared_by}; load average before the run {}); {}.",
+        cpu(),
+        load_average(),
+        nginx_version(sh)
+    )
+}
+
 /// The 1, 5 and 15 minute load averages: `1.05 2.05 2.26`.
 pub fn load_average() -> String {
     fs::read_to_string("/proc/loadavg")

@@ -83,18 +83,8 @@ fn measure(
     state: &Path,
 ) -> Result<String> {
     let config = crate::config::load(&global.config)?;
-    let machine = format!(
-        "Machine: {} (shared by wrk, nginx and both colors; load average before the run {}); {}.",
-        report::cpu(),
-        report::load_average(),
-        report::nginx_version(sh)
-    );
-    (flags::Up {
-        blue: None,
-        green: None,
-        nginx_conf: None,
-    })
-    .run(sh, global)?;
+    let machine = report::machine(sh, "wrk, nginx and both colors");
+    super::up(sh, global)?;
     let rt = runtime::open(sh, global, &config)?;
     let client = http::client()?;
     let balancer = rt.url(Part::Balancer);

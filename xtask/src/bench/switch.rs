@@ -103,13 +103,8 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     fn measure(&self, sh: &Shell, global: &flags::Global, bench: &flags::Bench) -> Result<String> {
-        let machine = machine(sh);
-        (flags::Up {
-            blue: None,
-            green: None,
-            nginx_conf: None,
-        })
-        .run(sh, global)?;
+        let machine = report::machine(sh, "wrk, nginx and both colors");
+        super::up(sh, global)?;
         self.classic_start(Color::Blue)?;
         let lua = self.dir.join("predict.lua");
         wrk::write_script(&lua)?;
@@ -410,15 +405,6 @@ fn render_report(n: &Numbers) -> String {
         n.routed.req_per_sec, n.plain.req_per_sec
     );
     s
-}
-
-fn machine(sh: &Shell) -> String {
-    format!(
-        "Machine: {} (shared by wrk, nginx and both colors; load average before the run {}); {}.",
-        report::cpu(),
-        report::load_average(),
-        report::nginx_version(sh)
-    )
 }
 
 #[cfg(test)]

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 pub use plan::{plan_switch, Current, Decision, Plan, Request};
 pub use routes::{
-    generation_name, live_split, parse_buckets, parse_generation_name, route_buckets, RouteReading,
+    generation_name, live_split, parse_buckets, parse_generation_name, route_buckets, split_of,
+    RouteReading,
 };
 pub use state::{check_version, DeployState, Operation, Outcome};
 

@@ -34,7 +34,7 @@ use super::{
 use crate::{
     domain::{
         shadow::{self as analysis, Analysis, Page, Record},
-        Color, Outcome,
+        split_of, Color, Outcome,
     },
     runtime::{
         shadow::{Mirror, Shadow},
@@ -350,9 +350,8 @@ fn replay(client: &Client, url: &str, originals: &[Record]) -> Vec<Record> {
 pub fn describe(mirror: &Mirror, buckets: u16) -> Option<(Color, u32)> {
     match mirror {
         Mirror::Off => None,
-        Mirror::On { to, buckets: n } => Some((
-            *to,
-            (*n as u32 * 100 + u32::from(buckets) / 2) / u32::from(buckets.max(1)),
-        )),
+        Mirror::On { to, buckets: n } => {
+            Some((*to, u32::from(split_of(*n, buckets).share(Color::Green))))
+        }
     }
 }

@@ -241,9 +241,8 @@ fn grpc_serving(grpc_url: &str) -> String {
     }
 }
 
-/// `host:port` of a gRPC URL, as people type it into a client.
 fn grpc_addr(url: &str) -> String {
-    url.strip_prefix("http://").unwrap_or(url).to_owned()
+    crate::grpc::address(url).to_owned()
 }
 
 fn health_word(healthy: bool, running: bool) -> &'static str {

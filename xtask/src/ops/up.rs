@@ -171,9 +171,7 @@ fn print_where(ctx: &Deployment, state: &DeployState) {
     crate::say!(
         "up: balancer {} (gRPC {}) → {} · blue {} at {} · green {} at {}",
         ctx.rt.url(Part::Balancer),
-        ctx.rt
-            .grpc_url(Part::Balancer)
-            .trim_start_matches("http://"),
+        crate::grpc::address(&ctx.rt.grpc_url(Part::Balancer)),
         state.split,
         state.version(Color::Blue).unwrap_or("?"),
         ctx.rt.url(Part::Color(Color::Blue)),

@@ -51,10 +51,7 @@ pub struct GrpcTally {
 
 impl GrpcTally {
     pub fn percentile(&self, percent: usize) -> Duration {
-        let mut sorted = self.latencies.clone();
-        sorted.sort_unstable();
-        let rank = (sorted.len() * percent).div_ceil(100).max(1);
-        sorted.get(rank - 1).copied().unwrap_or_default()
+        super::percentile(&self.latencies, percent)
     }
 
     /// After a color crashed with calls in flight: panics unless every failure is the

@@ -115,10 +115,7 @@ impl Tally {
 
     /// The latency below which `percent` % of the requests took.
     pub fn percentile(&self, percent: usize) -> Duration {
-        let mut sorted = self.latencies.clone();
-        sorted.sort_unstable();
-        let rank = (sorted.len() * percent).div_ceil(100).max(1);
-        sorted.get(rank - 1).copied().unwrap_or_default()
+        super::percentile(&self.latencies, percent)
     }
 
     /// Panics unless no request failed and some succeeded.

@@ -46,6 +46,14 @@ pub fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The latency below which `percent` % of `latencies` fall (nearest rank).
+pub fn percentile(latencies: &[Duration], percent: usize) -> Duration {
+    let mut sorted = latencies.to_vec();
+    sorted.sort_unstable();
+    let rank = (sorted.len() * percent).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied().unwrap_or_default()
+}
+
 /// The local runtime's tests take their ports here.
 pub const LOCAL_PORTS: Range<u16> = 20_000..32_000;
 /// The compose tests take theirs here, apart from the local ones.
