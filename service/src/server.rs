@@ -82,10 +82,10 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     let method = req.method().clone();
     let mut response = next.run(req).await;
     let elapsed = start.elapsed();
-    if let Some(shadow) = shadow {
-        state.shadow.finish(shadow, &mut response, elapsed);
-    }
     let status = response.status();
+    if let Some(shadow) = shadow {
+        state.shadow.finish(shadow, status, &mut response, elapsed);
+    }
     let headers = response.headers_mut();
     headers.insert(X_MODEL_VERSION.clone(), state.version_header().clone());
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());

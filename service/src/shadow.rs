@@ -4,14 +4,17 @@
 //!
 //! - the balancer sends both copies of a sampled request with the same [`X_SHADOW_ID`]; a
 //!   request is recorded when it carries one that is short printable ASCII (the rule of
-//!   `x-request-id`) and its route is one of [`RECORDED_ROUTES`] (HTTP only);
-//! - the HTTP `observe` middleware calls [`Journal::begin`] before the handler runs (it marks
-//!   the request) and [`Journal::finish`] after it (it adds the route, the status and the
-//!   latency, and pushes the [`Record`]);
-//! - a prediction handler takes the [`Shadow`] extractor and calls [`Shadow::note`] with the
-//!   rows the model saw and its predictions; the note travels to `observe` as a response
-//!   extension ([`Answered`]) and costs nothing when the request is not recorded. An error
-//!   answer has no note: its record holds the status and no rows;
+//!   `x-request-id`; gRPC metadata is the same header) and its route is one of
+//!   [`RECORDED_ROUTES`]: the HTTP prediction routes and the gRPC prediction methods;
+//! - the HTTP `observe` middleware and the gRPC `observe` layer call [`Journal::begin`] before
+//!   the handler runs (it marks the request) and [`Journal::finish`] after it (it adds the
+//!   route, the status and the latency, and pushes the [`Record`]); a gRPC answer's status is
+//!   the HTTP status of its code, as the metrics count it;
+//! - a prediction handler takes the [`Shadow`] extractor (HTTP) or [`Shadow::of_grpc`] and calls
+//!   [`Shadow::note`] or [`Shadow::note_grpc`] with the rows the model saw and its
+//!   predictions; the note travels to `observe` as a response extension ([`Answered`]) and
+//!   costs nothing when the request is not recorded. An error answer has no note: its record
+//!   holds the status and no rows;
 //! - [`Journal`] is a ring of at most `SHADOW_JOURNAL_RECORDS` records (0 turns recording off)
 //!   and [`MAX_ROWS`] rows; each record has a sequence number from 1, and the oldest are
 //!   evicted (and counted in `dropped`) to make room;
@@ -25,8 +28,8 @@ use std::{
 };
 
 use axum::{
-    extract::{FromRequestParts, Request},
-    http::{request::Parts, HeaderName},
+    extract::FromRequestParts,
+    http::{self, request::Parts, HeaderName, StatusCode},
     response::Response,
 };
 
@@ -39,11 +42,14 @@ use crate::{
 pub static X_SHADOW_ID: HeaderName = HeaderName::from_static("x-shadow-id");
 
 /// The routes whose answers are recorded: every HTTP route that predicts, as `MatchedPath`
-/// spells it. The balancer mirrors all three.
-pub const RECORDED_ROUTES: [&str; 3] = [
+/// spells it, and every gRPC method that predicts. The balancer mirrors all six.
+pub const RECORDED_ROUTES: [&str; 6] = [
     "/predict",
     "/v2/models/{name}/infer",
     "/v2/models/{name}/versions/{version}/infer",
+    "/prediction.PredictionService/Predict",
+    "/prediction.PredictionService/PredictBatch",
+    "/inference.GRPCInferenceService/ModelInfer",
 ];
 
 /// The most rows (inputs with their predictions, 64 bytes each) the journal holds, whatever its
@@ -57,7 +63,7 @@ pub struct Record {
     pub id: Box<str>,
     /// The matched route, one of [`RECORDED_ROUTES`].
     pub route: &'static str,
-    /// The HTTP status answered.
+    /// The HTTP status answered; for gRPC, the HTTP status of the answer's code (OK is 200).
     pub status: u16,
     /// The time to the response head, as the request's log line says.
     pub latency_us: u64,
@@ -108,6 +114,22 @@ impl Shadow {
     /// Adds what the handler answered to `response` when the request is being recorded;
     /// otherwise `answered` is not even called, so unrecorded requests pay nothing.
     pub fn note(self, response: &mut Response, answered: impl FnOnce() -> Answered) {
+        if self.recording {
+            response.extensions_mut().insert(answered());
+        }
+    }
+
+    /// Whether the gRPC call `request` is being recorded, for its handler to
+    /// [`note_grpc`](Shadow::note_grpc) its answer.
+    pub fn of_grpc<T>(request: &tonic::Request<T>) -> Shadow {
+        Shadow {
+            recording: request.extensions().get::<Recording>().is_some(),
+        }
+    }
+
+    /// [`Shadow::note`] for a gRPC answer: tonic carries its extensions to the HTTP response
+    /// that the `observe` layer sees.
+    pub fn note_grpc<T>(self, response: &mut tonic::Response<T>, answered: impl FnOnce() -> Answered) {
         if self.recording {
             response.extensions_mut().insert(answered());
         }
@@ -180,7 +202,7 @@ impl Journal {
     /// Starts recording `req`, matched to `route`, if it carries an acceptable [`X_SHADOW_ID`]
     /// and `route` is one of [`RECORDED_ROUTES`]: marks it for [`Shadow`] and returns what
     /// [`Journal::finish`] needs. Otherwise `None`, after one header lookup.
-    pub fn begin(&self, route: &'static str, req: &mut Request) -> Option<Pending> {
+    pub fn begin<B>(&self, route: &'static str, req: &mut http::Request<B>) -> Option<Pending> {
         let id = req.headers().get(&X_SHADOW_ID)?;
         if self.capacity == 0 || !RECORDED_ROUTES.contains(&route) || !is_acceptable_id(id) {
             return None;
@@ -191,9 +213,16 @@ impl Journal {
         Some(Pending { id, route })
     }
 
-    /// Records the answer to the request [`Journal::begin`] started: its status, its latency
-    /// and what the handler noted in `response` (taken out of it).
-    pub fn finish(&self, pending: Pending, response: &mut Response, latency: Duration) {
+    /// Records the answer to the request [`Journal::begin`] started: its `status` (the HTTP
+    /// one, or a gRPC code's), its latency and what the handler noted in `response` (taken out
+    /// of it).
+    pub fn finish<B>(
+        &self,
+        pending: Pending,
+        status: StatusCode,
+        response: &mut http::Response<B>,
+        latency: Duration,
+    ) {
         let Answered { inputs, outputs } = response
             .extensions_mut()
             .remove::<Answered>()
@@ -201,7 +230,7 @@ impl Journal {
         self.push(Record {
             id: pending.id,
             route: pending.route,
-            status: response.status().as_u16(),
+            status: status.as_u16(),
             latency_us: latency.as_micros() as u64,
             inputs,
             outputs,
@@ -266,7 +295,7 @@ impl Journal {
 
 #[cfg(test)]
 mod tests {
-    use axum::{body::Body, http::StatusCode};
+    use axum::{body::Body, extract::Request};
 
     use super::*;
 
@@ -403,7 +432,7 @@ mod tests {
             }],
         };
         Shadow { recording: true }.note(&mut response, || answered.clone());
-        journal.finish(pending, &mut response, Duration::from_micros(312));
+        journal.finish(pending, StatusCode::OK, &mut response, Duration::from_micros(312));
         assert!(response.extensions().get::<Answered>().is_none());
         let page = journal.read(0, 10);
         let recorded = &page.records[0].1;
@@ -422,8 +451,7 @@ mod tests {
         // An error answer carries no note: the record has its status and no rows.
         let pending = journal.begin("/predict", &mut req).unwrap();
         let mut response = Response::new(Body::empty());
-        *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-        journal.finish(pending, &mut response, Duration::ZERO);
+        journal.finish(pending, StatusCode::UNPROCESSABLE_ENTITY, &mut response, Duration::ZERO);
         let recorded = &journal.read(1, 10).records[0].1;
         assert_eq!(recorded.status, 422);
         assert!(recorded.inputs.is_empty() && recorded.outputs.is_empty());

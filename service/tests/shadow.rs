@@ -393,3 +393,125 @@ async fn reading_the_journal_is_counted_under_its_route() {
     );
     server.shutdown().await;
 }
+
+/// A gRPC request carrying `x-shadow-id` metadata.
+fn shadowed<T>(message: T, shadow_id: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(id) = shadow_id {
+        request
+            .metadata_mut()
+            .insert("x-shadow-id", id.parse().unwrap());
+    }
+    request
+}
+
+#[tokio::test]
+async fn grpc_predictions_are_recorded_like_http_ones() {
+    use ml_proto::{
+        inference::{
+            grpc_inference_service_client::GrpcInferenceServiceClient,
+            model_infer_request::InferInputTensor, InferTensorContents, ModelInferRequest,
+        },
+        prediction::{
+            prediction_service_client::PredictionServiceClient, HealthRequest,
+            PredictBatchRequest, PredictRequest,
+        },
+    };
+    let fp32 = |row: [f64; 4]| row.map(|v| v as f32).to_vec();
+    let server = start().await;
+    let channel = tonic::transport::Channel::from_shared(server.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the gRPC port");
+    let mut prediction = PredictionServiceClient::new(channel.clone());
+    let mut inference = GrpcInferenceServiceClient::new(channel);
+
+    let one = prediction
+        .predict(shadowed(
+            PredictRequest {
+                features: fp32(GOLDEN[2].0),
+            },
+            Some("g-1"),
+        ))
+        .await
+        .expect("Predict")
+        .into_inner();
+    let rows: Vec<PredictRequest> = GOLDEN
+        .iter()
+        .map(|g| PredictRequest { features: fp32(g.0) })
+        .collect();
+    let batch = prediction
+        .predict_batch(shadowed(PredictBatchRequest { rows }, Some("g-2")))
+        .await
+        .expect("PredictBatch")
+        .into_inner();
+    let infer = ModelInferRequest {
+        model_name: "iris".to_owned(),
+        inputs: vec![InferInputTensor {
+            name: "input-0".to_owned(),
+            datatype: "FP64".to_owned(),
+            shape: vec![1, 4],
+            contents: Some(InferTensorContents {
+                fp64_contents: GOLDEN[1].0.to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    inference
+        .model_infer(shadowed(infer, Some("g-3")))
+        .await
+        .expect("ModelInfer");
+    // A refusal is recorded with its code's HTTP status and no rows.
+    let refused = prediction
+        .predict(shadowed(PredictRequest { features: vec![1.0] }, Some("g-4")))
+        .await
+        .expect_err("three features too few");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    // Not recorded: a method that does not predict, a call without an id, a bad id.
+    prediction
+        .health(shadowed(HealthRequest {}, Some("g-5")))
+        .await
+        .expect("Health");
+    let plain = PredictRequest {
+        features: fp32(GOLDEN[0].0),
+    };
+    prediction.predict(shadowed(plain.clone(), None)).await.unwrap();
+    prediction
+        .predict(shadowed(plain, Some("a b")))
+        .await
+        .unwrap();
+
+    let body = page(&server, "").await;
+    let records = body["records"].as_array().unwrap();
+    let ids: Vec<&str> = records.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["g-1", "g-2", "g-3", "g-4"], "{body}");
+    let routes: Vec<&str> = records.iter().map(|r| r["route"].as_str().unwrap()).collect();
+    assert_eq!(
+        routes,
+        [
+            "/prediction.PredictionService/Predict",
+            "/prediction.PredictionService/PredictBatch",
+            "/inference.GRPCInferenceService/ModelInfer",
+            "/prediction.PredictionService/Predict",
+        ]
+    );
+    let statuses: Vec<u64> = records.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [200, 200, 200, 400]);
+    // The rows as the model saw them: FP32 features read into FP64.
+    let seen = |row: [f64; 4]| json!(row.map(|v| v as f32 as f64));
+    assert_eq!(records[0]["inputs"], json!([seen(GOLDEN[2].0)]));
+    assert_eq!(records[0]["classes"], json!([one.prediction]));
+    assert_eq!(records[1]["classes"], json!([0, 1, 2]));
+    assert_eq!(
+        records[1]["inputs"],
+        json!(GOLDEN.iter().map(|g| seen(g.0)).collect::<Vec<_>>())
+    );
+    assert_eq!(batch.predictions.len(), 3);
+    assert_eq!(records[2]["inputs"], json!([GOLDEN[1].0]));
+    assert_eq!(records[2]["classes"], json!([1]));
+    assert_eq!(records[3]["inputs"], json!([]));
+    server.shutdown().await;
+}

@@ -19,9 +19,15 @@
 //! 7. with `[testers]` enabled, a request naming a color in the testers' header or cookie (and
 //!    carrying the token, when one is set) goes to that color whatever the bucket says.
 //!
+//! The gRPC server ([`grpc`]) routes each call the same way; shadow traffic ([`shadow`]) mirrors
+//! prediction requests of both protocols to the standby while a shadow runs.
+//!
 //! Only directives of stock open-source nginx (1.22 in Debian, the official image) are used.
 
 use std::fmt::Write;
+
+mod grpc;
+mod shadow;
 
 /// Everything variable in the balancer's config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +130,8 @@ pub fn render(p: &NginxParams) -> String {
     let _ = writeln!(w, "pid {};", q(&p.pid_path));
     let _ = writeln!(w, "error_log {} warn;", q(&p.error_log));
     let _ = writeln!(w);
-    let _ = writeln!(w, "events {{\n    worker_connections 1024;\n}}");
+    // Each shadow copy in flight to a slow standby holds a connection of its own.
+    let _ = writeln!(w, "events {{\n    worker_connections 4096;\n}}");
     let _ = writeln!(w);
     let _ = writeln!(w, "http {{");
     let _ = writeln!(w, "    server_tokens off;");
@@ -216,27 +223,6 @@ pub fn render(p: &NginxParams) -> String {
         let _ = writeln!(w, "        keepalive 32;");
         let _ = writeln!(w, "    }}");
     }
-    // The mirror's own upstreams: one color each, no backup (a copy is never sent to the
-    // active color instead), skipped for 5 s after missing the mirror's budget.
-    // nginx never marks the only server of a group down, so each has the sink (nginx itself,
-    // answering 204 at once) as a backup: while the color is marked down, copies go there.
-    let sink = format!("unix:{}", shadow_sink(p));
-    for (name, addr) in [("shadow_blue", &p.blue), ("shadow_green", &p.green)] {
-        let _ = writeln!(w, "    upstream {name} {{");
-        let _ = writeln!(w, "        zone upstream_{name} 64k;");
-        let _ = writeln!(w, "        server {addr} max_fails=1 fail_timeout=5s;");
-        let _ = writeln!(w, "        server {sink} backup;");
-        let _ = writeln!(w, "        keepalive 16;");
-        let _ = writeln!(w, "    }}");
-    }
-    let _ = writeln!(
-        w,
-        "    # X-Shadow-Id upstream: nginx's request id while a shadow samples the request."
-    );
-    let _ = writeln!(
-        w,
-        "    map $shadow_to $shadow_id {{\n        \"\" \"\";\n        default $request_id;\n    }}"
-    );
     for (name, primary, backup) in [
         ("grpc_blue", &p.blue_grpc, &p.green_grpc),
         ("grpc_green", &p.green_grpc, &p.blue_grpc),
@@ -248,6 +234,7 @@ pub fn render(p: &NginxParams) -> String {
         let _ = writeln!(w, "        keepalive 64;");
         let _ = writeln!(w, "    }}");
     }
+    shadow::render_upstreams(w, p);
     let _ = writeln!(w);
     let _ = writeln!(w, "    server {{");
     let _ = writeln!(w, "        listen {};", p.listen);
@@ -270,26 +257,12 @@ pub fn render(p: &NginxParams) -> String {
     render_proxy(w, p, "\"\"");
     let _ = writeln!(w, "        }}");
     let _ = writeln!(w);
-    render_shadow(w, p);
+    shadow::render_http(w, p);
     let _ = writeln!(w, "    }}");
-    render_grpc_server(w, p);
-    let _ = writeln!(w);
-    let _ = writeln!(
-        w,
-        "    # The shadow sink: where copies go while the standby is marked down."
-    );
-    let _ = writeln!(w, "    server {{");
-    let _ = writeln!(w, "        listen unix:{};", shadow_sink(p));
-    let _ = writeln!(w, "        access_log off;");
-    let _ = writeln!(w, "        return 204;");
-    let _ = writeln!(w, "    }}");
+    grpc::render_server(w, p);
+    shadow::render_sink(w, p);
     let _ = writeln!(w, "}}");
     out
-}
-
-/// The unix socket of the shadow sink, in nginx's temporary folder.
-fn shadow_sink(p: &NginxParams) -> String {
-    format!("{}/shadow-sink.sock", p.temp_dir)
 }
 
 /// Proxies to `$color` with failover to the other color and the latency budget; `shadow_id` is
@@ -324,70 +297,6 @@ fn render_proxy(w: &mut String, p: &NginxParams, shadow_id: &str) {
     let _ = writeln!(w, "            add_header X-Routed-To $color always;");
 }
 
-/// Shadow traffic: prediction requests whose bucket is listed in the live shadow generation
-/// (`<shadow_dir>/<color>-<bucket>`) are also sent, by nginx's `mirror`, to that color; both
-/// copies carry `X-Shadow-Id` (nginx's own request id), which the colors record their answers
-/// under. The client only ever gets the routed color's answer. The mirror has a short budget of
-/// its own (`shadow_timeout_ms`), and a standby that misses it is skipped for a while, because
-/// nginx reads the client's next request on a connection only once the mirror has finished.
-/// With no shadow generation (or an empty one) the mirror answers itself at once (204).
-fn render_shadow(w: &mut String, p: &NginxParams) {
-    let shadow = |color: &str| quote(&format!("{}/{color}-$bucket", p.shadow_dir));
-    let ms = p.shadow_timeout_ms.max(1);
-    let _ = writeln!(
-        w,
-        "        # Prediction requests: routed as above, and mirrored while a shadow runs."
-    );
-    let _ = writeln!(
-        w,
-        "        location ~ ^/(predict|v2/models/[^/]+(/versions/[^/]+)?/infer)$ {{"
-    );
-    render_route(w, p);
-    let _ = writeln!(w, "            set $shadow_to \"\";");
-    for color in ["blue", "green"] {
-        let _ = writeln!(w, "            if (-f {}) {{", shadow(color));
-        let _ = writeln!(w, "                set $shadow_to {color};");
-        let _ = writeln!(w, "            }}");
-    }
-    let _ = writeln!(w, "            mirror /_shadow_mirror;");
-    render_proxy(w, p, "$shadow_id");
-    let _ = writeln!(w, "        }}");
-    let _ = writeln!(w);
-    let _ = writeln!(w, "        location = /_shadow_mirror {{");
-    let _ = writeln!(w, "            internal;");
-    let _ = writeln!(w, "            access_log off;");
-    let _ = writeln!(w, "            if ($shadow_to = \"\") {{");
-    let _ = writeln!(w, "                return 204;");
-    let _ = writeln!(w, "            }}");
-    let _ = writeln!(
-        w,
-        "            proxy_pass http://shadow_$shadow_to$request_uri;"
-    );
-    let _ = writeln!(w, "            proxy_http_version 1.1;");
-    let _ = writeln!(w, "            proxy_set_header Connection \"\";");
-    let _ = writeln!(w, "            proxy_set_header Host $host;");
-    let _ = writeln!(w, "            proxy_set_header X-Request-Id $req_id;");
-    let _ = writeln!(w, "            proxy_set_header X-Shadow-Id $shadow_id;");
-    let _ = writeln!(w, "            proxy_connect_timeout {ms}ms;");
-    let _ = writeln!(w, "            proxy_send_timeout {ms}ms;");
-    let _ = writeln!(w, "            proxy_read_timeout {ms}ms;");
-    // Counted as failures (so a standby that misses the budget is skipped for `fail_timeout`),
-    // never retried: the mirror's upstream has one server.
-    let _ = writeln!(w, "            proxy_next_upstream error timeout;");
-    let _ = writeln!(w, "            proxy_next_upstream_tries 1;");
-    let _ = writeln!(w, "        }}");
-    let _ = writeln!(w);
-    let _ = writeln!(
-        w,
-        "        # The colors' shadow journals are read on their direct ports, never through here."
-    );
-    let _ = writeln!(w, "        location ^~ /_shadow/ {{");
-    let _ = writeln!(w, "            access_log off;");
-    let _ = writeln!(w, "            default_type application/json;");
-    let _ = writeln!(w, "            return 404 '{{\"error\":\"not found\"}}';");
-    let _ = writeln!(w, "        }}");
-}
-
 /// Picks the request's color: blue unless its bucket is listed in the live route generation,
 /// then the testers' pick when there is one. Shared by the HTTP and the gRPC server, so one
 /// switch moves both protocols.
@@ -405,70 +314,6 @@ fn render_route(w: &mut String, p: &NginxParams) {
         let _ = writeln!(w, "                set $color $tester_color;");
         let _ = writeln!(w, "            }}");
     }
-}
-
-/// The gRPC server: HTTP/2 cleartext on its own port, each request (each stream, so a
-/// long-lived channel follows a switch at once) routed exactly like an HTTP request and passed
-/// to `grpc_<color>` with the same failover and latency budget. gRPC answers its own errors in
-/// trailers with HTTP status 200, so only transport failures move a call to the other color.
-fn render_grpc_server(w: &mut String, p: &NginxParams) {
-    let budget = p.read_timeout_secs.max(1);
-    let _ = writeln!(w);
-    let _ = writeln!(w, "    server {{");
-    let _ = writeln!(w, "        listen {} http2;", p.grpc_listen);
-    let _ = writeln!(
-        w,
-        "        # Long-lived channels: no forced reconnection after a number of calls."
-    );
-    let _ = writeln!(w, "        keepalive_requests 1000000;");
-    let _ = writeln!(w, "        keepalive_timeout 1h;");
-    let _ = writeln!(
-        w,
-        "        # The service answers an oversized message with RESOURCE_EXHAUSTED itself."
-    );
-    let _ = writeln!(w, "        client_max_body_size {MAX_GRPC_BODY};");
-    let _ = writeln!(w);
-    let _ = writeln!(w, "        location / {{");
-    render_route(w, p);
-    let _ = writeln!(w, "            grpc_pass grpc://grpc_$color;");
-    let _ = writeln!(w, "            grpc_set_header X-Request-Id $req_id;");
-    let _ = writeln!(w, "            grpc_set_header X-Shadow-Id \"\";");
-    let _ = writeln!(w, "            grpc_connect_timeout 1s;");
-    let _ = writeln!(w, "            grpc_send_timeout {budget}s;");
-    let _ = writeln!(w, "            grpc_read_timeout {budget}s;");
-    let _ = writeln!(
-        w,
-        "            grpc_next_upstream error timeout http_502 http_503 http_504 non_idempotent;"
-    );
-    let _ = writeln!(w, "            grpc_next_upstream_tries 3;");
-    let _ = writeln!(
-        w,
-        "            grpc_next_upstream_timeout {}s;",
-        (2 * budget + 2).max(10)
-    );
-    let _ = writeln!(w, "            add_header X-Served-By $served_by always;");
-    let _ = writeln!(w, "            add_header X-Routed-To $color always;");
-    let _ = writeln!(w, "            error_page 502 503 504 = @grpc_unavailable;");
-    let _ = writeln!(w, "        }}");
-    let _ = writeln!(w);
-    let _ = writeln!(
-        w,
-        "        # A call nginx could not complete on either color: UNAVAILABLE, the status gRPC"
-    );
-    let _ = writeln!(
-        w,
-        "        # clients and their retry policies understand, instead of an HTML error page."
-    );
-    let _ = writeln!(w, "        location @grpc_unavailable {{");
-    let _ = writeln!(w, "            default_type application/grpc;");
-    let _ = writeln!(w, "            add_header grpc-status 14 always;");
-    let _ = writeln!(
-        w,
-        "            add_header grpc-message \"{GRPC_UNAVAILABLE_MESSAGE}\" always;"
-    );
-    let _ = writeln!(w, "            return 204;");
-    let _ = writeln!(w, "        }}");
-    let _ = writeln!(w, "    }}");
 }
 
 /// Tester routing: `$tester_color` is the color a request names in the testers' header (or,

@@ -2,19 +2,21 @@
 //! requests mirrored to the standby, both colors' answers joined by shadow id and compared.
 //!
 //! - The report's agreement and confusion matrix are what the two models answer offline for
-//!   the inputs the load sent (so the join pairs the right answers), the noise floor of the
-//!   deterministic model is exactly zero, no client request fails, and routing is untouched.
+//!   the inputs the load sent over HTTP and gRPC at once (so the join pairs the right
+//!   answers), the noise floor of the deterministic model is exactly zero, no client request
+//!   or call fails, and routing is untouched.
 //! - A test fixture model with permuted labels (built here, outside `models/`) disagrees, and
 //!   `deploy --shadow --min-agreement` refuses the switch: traffic and versions stay.
-//! - A hung standby (SIGSTOP) during a shadow run: no client request fails, the delay it can add
-//!   is bounded by the mirror's budget, and the report counts the copies it never answered.
+//! - A hung standby (SIGSTOP) during a shadow run: no client request or gRPC call fails, the
+//!   delay it can add is bounded by the mirror's budget, and the report counts the copies it
+//!   never answered.
 //! - Bad flags are refused before anything changes.
 
 mod common;
 
 use std::{path::Path, process::Command};
 
-use common::{http, load::under_load_with, Deployment, Planned, Workload};
+use common::{http, load::under_load_with, under_grpc_load, Deployment, Planned, Workload};
 use serde_json::Value;
 
 /// The class (0, 1, 2) `addr`'s model gives `row`.
@@ -87,25 +89,32 @@ fn shadow_reports_what_the_models_answer_offline_and_leaves_routing_alone() {
             })
             .collect(),
     );
-    let (report, tally) = under_load_with(d.balancer(), 4, workload, |_| {
-        shadow_json(
-            &d,
-            &["--percent", "100", "--requests", "400", "--duration", "60"],
-        )
+    // gRPC calls at the same time: `Predict` of a row both models call setosa.
+    let ((report, grpc), tally) = under_load_with(d.balancer(), 4, workload, |_| {
+        under_grpc_load(&d.grpc_balancer(), 1, 4, |_| {
+            shadow_json(
+                &d,
+                &["--percent", "100", "--requests", "600", "--duration", "60"],
+            )
+        })
     });
     tally.assert_no_failures("shadow at 100 %");
+    assert_eq!(
+        grpc.failed, 0,
+        "gRPC calls failed during the shadow: {grpc}"
+    );
     println!("{report:#}");
 
     let rows_compared = report["rows_compared"].as_u64().unwrap();
-    assert!(rows_compared >= 400, "{report:#}");
-    // Each client's requests in any window hold each row within one of a quarter, so the
-    // fraction of agreeing rows is 3/4 within 4 rows of the count.
-    let agreement = report["agreement"]["fraction"].as_f64().unwrap();
-    let slack = 4.0 / rows_compared as f64 + 1e-9;
-    assert!(
-        (agreement - 0.75).abs() <= slack,
-        "agreement {agreement}, offline 0.75 ± {slack}"
+    assert!(rows_compared >= 600, "{report:#}");
+    let by_protocol = &report["paired_by_protocol"];
+    let (http_pairs, grpc_pairs) = (
+        by_protocol["http"].as_u64().unwrap(),
+        by_protocol["grpc"].as_u64().unwrap(),
     );
+    assert!(http_pairs > 0 && grpc_pairs > 0, "{by_protocol}");
+    // One row per request here, HTTP and gRPC alike.
+    assert_eq!(http_pairs + grpc_pairs, rows_compared, "{report:#}");
     // The join pairs each request with its own copy: the only disagreement is the odd row's.
     let counts = &report["confusion"]["counts"];
     for a in 0..3u64 {
@@ -116,12 +125,20 @@ fn shadow_reports_what_the_models_answer_offline_and_leaves_routing_alone() {
             }
         }
     }
+    // Each HTTP client's requests in any window hold each row within one of a quarter, so a
+    // quarter of the HTTP rows, within 4, are the odd row; every gRPC row agrees.
     let odd = counts[odd_blue as usize][odd_green as usize]
         .as_u64()
         .unwrap();
     assert!(
-        (odd as f64 - rows_compared as f64 / 4.0).abs() <= 4.0,
-        "{odd} odd rows of {rows_compared}"
+        (odd as f64 - http_pairs as f64 / 4.0).abs() <= 4.0,
+        "{odd} odd rows of {http_pairs} HTTP requests"
+    );
+    let agreement = report["agreement"]["fraction"].as_f64().unwrap();
+    let offline = (rows_compared - odd) as f64 / rows_compared as f64;
+    assert!(
+        (agreement - offline).abs() < 1e-12,
+        "agreement {agreement}, offline {offline}"
     );
     // The list leads with the one class change (its input, counted), then probability changes.
     let top = report["top_disagreements"].as_array().unwrap();
@@ -357,47 +374,57 @@ fn journal_last(addr: &str) -> u64 {
 fn a_hung_standby_costs_clients_nothing_beyond_the_mirror_budget() {
     let d = Deployment::up("shadow-hung");
     let green = d.color_addr("green");
-    let (report, tally) = under_load_with(d.balancer(), 4, Workload::default(), |load| {
-        let shadow = d
-            .command(&[
-                "shadow",
-                "--percent",
-                "100",
-                "--duration",
-                "8",
-                "--format",
-                "json",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let before = journal_last(&green);
-        common::wait_until("green answers mirrored copies", || {
-            journal_last(&green) > before + 100
-        });
-        d.signal("green", "STOP");
-        load.wait_for_more(1000);
-        d.signal("green", "CONT");
-        let out = shadow.wait_with_output().unwrap();
-        assert!(out.status.success(), "shadow failed: {out:?}");
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    let ((report, grpc), tally) = under_load_with(d.balancer(), 4, Workload::default(), |load| {
+        under_grpc_load(&d.grpc_balancer(), 1, 4, |grpc| {
+            let shadow = d
+                .command(&[
+                    "shadow",
+                    "--percent",
+                    "100",
+                    "--duration",
+                    "8",
+                    "--format",
+                    "json",
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::inherit())
+                .spawn()
+                .unwrap();
+            let before = journal_last(&green);
+            common::wait_until("green answers mirrored copies", || {
+                journal_last(&green) > before + 100
+            });
+            d.signal("green", "STOP");
+            load.wait_for_more(1000);
+            grpc.wait_for_more(500);
+            d.signal("green", "CONT");
+            let out = shadow.wait_with_output().unwrap();
+            assert!(out.status.success(), "shadow failed: {out:?}");
+            serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        })
     });
     tally.assert_no_failures("a hung standby during a shadow run");
+    assert_eq!(grpc.failed, 0, "gRPC calls failed: {grpc}");
+    let grpc_max = grpc.latencies.iter().max().copied().unwrap_or_default();
     let unanswered = report["unpaired"]["unanswered_by_candidate"]
         .as_u64()
         .unwrap();
     assert!(unanswered > 0, "{report:#}");
     println!(
-        "hung standby: {unanswered} copies unanswered; clients p99 {:?}, max {:?}",
+        "hung standby: {unanswered} copies unanswered; HTTP clients p99 {:?}, max {:?}; gRPC max {grpc_max:?}",
         tally.percentile(99),
         tally.max_latency()
     );
-    // The bound: the mirror's 200 ms budget, with room for a busy machine.
-    assert!(
-        tally.max_latency() < std::time::Duration::from_secs(2),
-        "a client waited {:?}",
-        tally.max_latency()
-    );
+    // The bound: the mirror's 200 ms budget, with room for a busy machine. (A gRPC call is a
+    // stream of its own and never waits for the mirror; the same bound holds a fortiori.)
+    for (who, max) in [
+        ("an HTTP client", tally.max_latency()),
+        ("a gRPC call", grpc_max),
+    ] {
+        assert!(
+            max < std::time::Duration::from_secs(2),
+            "{who} waited {max:?}"
+        );
+    }
     d.assert_split(100, 0);
 }

@@ -10,7 +10,8 @@
 //!   little-endian), never both. The answer holds the requested outputs (both when none are
 //!   named) in the order `class`, `probabilities`, typed when the request was typed and raw
 //!   (`raw_output_contents`) when it was raw: Triton's client sends raw inputs and reads only
-//!   raw outputs. The request's `id` is echoed.
+//!   raw outputs. The request's `id` is echoed. A mirrored call's rows and predictions are
+//!   noted for the shadow journal ([`crate::shadow`]).
 
 use ml_proto::inference::{
     grpc_inference_service_server::GrpcInferenceService, model_infer_request::InferInputTensor,
@@ -29,6 +30,7 @@ use crate::{
         OUTPUTS,
     },
     model::{N_CLASSES, N_FEATURES},
+    shadow::{Answered, Shadow},
     state::{AppState, MODEL_NAME},
 };
 
@@ -118,6 +120,7 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
+        let shadow = Shadow::of_grpc(&request);
         let request = request.into_inner();
         check_model(
             &self.state,
@@ -168,7 +171,12 @@ impl GrpcInferenceService for Service {
             let shape = vec![n, N_CLASSES as i64];
             answer.outputs.push(output(probabilities, shape, contents));
         }
-        Ok(Response::new(answer))
+        let mut response = Response::new(answer);
+        shadow.note_grpc(&mut response, || Answered {
+            inputs: rows,
+            outputs: predictions,
+        });
+        Ok(response)
     }
 }
 

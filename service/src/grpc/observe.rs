@@ -9,7 +9,9 @@
 //! 3. add `x-model-version` and `x-request-id` to the response headers: initial metadata on a
 //!    success, and on an error the trailers-only response tonic gives, whose headers carry the
 //!    status too, so every answer has them;
-//! 4. count the RPC in the shared metrics under its method path (`/prediction.PredictionService/
+//! 4. record the answer in the shadow journal when the call is a mirrored prediction
+//!    ([`crate::shadow`]);
+//! 5. count the RPC in the shared metrics under its method path (`/prediction.PredictionService/
 //!    Predict`) and the HTTP status of its gRPC code (see [`super::describe`]), and log one line.
 //!
 //! The status is the one the response head carries: an error's code (trailers-only), otherwise
@@ -80,11 +82,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
         let state = self.state.clone();
         let route = metrics::grpc_method_index(req.uri().path());
         let request_id = state.request_id(req.headers().get(&X_REQUEST_ID));
+        let shadow = state.shadow.begin(metrics::route_name(route), &mut req);
         let method = req.method().clone();
         // The service that was polled ready serves this call; its clone serves the next.
         let clone = self.inner.clone();
@@ -103,6 +106,9 @@ where
                 }
             }
             let (code_name, status) = super::describe(code);
+            if let Some(shadow) = shadow {
+                state.shadow.finish(shadow, status, &mut response, elapsed);
+            }
             let headers = response.headers_mut();
             headers.insert(X_MODEL_VERSION.clone(), state.version_header().clone());
             headers.insert(X_REQUEST_ID.clone(), request_id.clone());

@@ -7,7 +7,9 @@
 //!   the row), predicted all or none through [`AppState::predict_all`];
 //! - `Health`: `ok` and the model version; `draining` once the drain has started.
 //!
-//! A refused request gets the HTTP side's message with the code of [`super::status`].
+//! A refused request gets the HTTP side's message with the code of [`super::status`]. The rows
+//! and predictions of a mirrored `Predict` or `PredictBatch` are noted for the shadow journal
+//! ([`crate::shadow`]).
 
 use ml_proto::prediction::{
     prediction_service_server::PredictionService, HealthRequest, HealthResponse,
@@ -18,6 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     error::ApiError,
     model::Prediction,
+    shadow::{Answered, Shadow},
     state::{check_batch, row_from, AppState},
 };
 
@@ -51,15 +54,22 @@ impl PredictionService for Service {
         &self,
         request: Request<PredictRequest>,
     ) -> Result<Response<PredictResponse>, Status> {
+        let shadow = Shadow::of_grpc(&request);
         let row = row_from(&request.get_ref().features).map_err(ApiError::from)?;
         let p = self.state.predict(&row)?;
-        Ok(Response::new(self.answer(&p)))
+        let mut response = Response::new(self.answer(&p));
+        shadow.note_grpc(&mut response, || Answered {
+            inputs: vec![row],
+            outputs: vec![p],
+        });
+        Ok(response)
     }
 
     async fn predict_batch(
         &self,
         request: Request<PredictBatchRequest>,
     ) -> Result<Response<PredictBatchResponse>, Status> {
+        let shadow = Shadow::of_grpc(&request);
         let rows = &request.get_ref().rows;
         check_batch(rows.len())?;
         let rows = rows
@@ -71,10 +81,15 @@ impl PredictionService for Service {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let predictions = self.state.predict_all(&rows)?;
-        Ok(Response::new(PredictBatchResponse {
+        let mut response = Response::new(PredictBatchResponse {
             predictions: predictions.iter().map(|p| self.answer(p)).collect(),
             model_version: self.state.model.version().to_owned(),
-        }))
+        });
+        shadow.note_grpc(&mut response, || Answered {
+            inputs: rows,
+            outputs: predictions,
+        });
+        Ok(response)
     }
 
     async fn health(

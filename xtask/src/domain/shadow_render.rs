@@ -281,6 +281,14 @@ fn coverage(a: &Analysis) -> String {
         thousands(a.requests_paired),
         thousands(a.rows_compared)
     );
+    let by = a.paired_by_protocol;
+    if by.grpc > 0 {
+        line += &format!(
+            "; paired: {} HTTP, {} gRPC",
+            thousands(by.http),
+            thousands(by.grpc)
+        );
+    }
     line
 }
 

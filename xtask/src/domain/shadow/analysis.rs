@@ -27,6 +27,8 @@ pub struct Analysis {
     pub observed_secs: f64,
     /// Requests both colors journaled exactly once.
     pub requests_paired: u64,
+    /// The paired requests by the protocol they came in.
+    pub paired_by_protocol: Protocols,
     /// Paired requests both colors answered with 2xx and the same number of rows.
     pub requests_compared: u64,
     /// Rows of the compared requests (a batch request has several).
@@ -58,6 +60,32 @@ pub struct Analysis {
     pub evicted_candidate: u64,
     /// Filled by the caller from [`noise_floor`]; `None` when no replay was made.
     pub floor: Option<Floor>,
+}
+
+/// Requests by protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Protocols {
+    /// `/predict` and the Open Inference Protocol's REST `infer`.
+    pub http: u64,
+    /// `Predict`, `PredictBatch` and the Open Inference Protocol's `ModelInfer`.
+    pub grpc: u64,
+}
+
+impl Protocols {
+    /// Counts `route`: a gRPC method's path starts with its package-qualified service
+    /// (`/prediction.PredictionService/Predict`), an HTTP route never has a dot there.
+    fn count(&mut self, route: &str) {
+        let first = route
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("");
+        if first.contains('.') {
+            self.grpc += 1;
+        } else {
+            self.http += 1;
+        }
+    }
 }
 
 /// Class agreement over the compared rows.
@@ -313,6 +341,11 @@ pub fn analyse(joined: &Joined<'_>, sides: &Sides, top_n: usize) -> Analysis {
         }
     });
 
+    let mut paired_by_protocol = Protocols::default();
+    for pair in &joined.pairs {
+        paired_by_protocol.count(&pair.active.route);
+    }
+
     Analysis {
         active: sides.active,
         active_version: sides.active_version.clone(),
@@ -321,6 +354,7 @@ pub fn analyse(joined: &Joined<'_>, sides: &Sides, top_n: usize) -> Analysis {
         percent: 0,
         observed_secs: 0.0,
         requests_paired: joined.pairs.len() as u64,
+        paired_by_protocol,
         requests_compared: compared.requests,
         rows_compared,
         agreement,

@@ -474,3 +474,26 @@ fn analysis_serialises_numbers_as_numbers() {
     assert_eq!(json["evicted_active"], 0);
     assert!(json["floor"].is_null());
 }
+
+#[test]
+fn paired_requests_are_counted_by_protocol() {
+    let routes = [
+        "/predict",
+        "/v2/models/iris/infer",
+        "/v2/models/iris/versions/v1/infer",
+        "/prediction.PredictionService/Predict",
+        "/prediction.PredictionService/PredictBatch",
+        "/inference.GRPCInferenceService/ModelInfer",
+    ];
+    let records: Vec<Record> = routes
+        .iter()
+        .enumerate()
+        .map(|(i, route)| Record {
+            route: (*route).to_owned(),
+            ..record(&format!("id-{i}"), &[0], &[SETOSA])
+        })
+        .collect();
+    let analysis = analysed(&records, &records);
+    assert_eq!(analysis.paired_by_protocol, Protocols { http: 3, grpc: 3 });
+    assert!(crate::domain::shadow_render::text(&analysis).contains("paired: 3 HTTP, 3 gRPC"));
+}
