@@ -129,7 +129,11 @@ impl Shadow {
 
     /// [`Shadow::note`] for a gRPC answer: tonic carries its extensions to the HTTP response
     /// that the `observe` layer sees.
-    pub fn note_grpc<T>(self, response: &mut tonic::Response<T>, answered: impl FnOnce() -> Answered) {
+    pub fn note_grpc<T>(
+        self,
+        response: &mut tonic::Response<T>,
+        answered: impl FnOnce() -> Answered,
+    ) {
         if self.recording {
             response.extensions_mut().insert(answered());
         }
@@ -432,7 +436,12 @@ mod tests {
             }],
         };
         Shadow { recording: true }.note(&mut response, || answered.clone());
-        journal.finish(pending, StatusCode::OK, &mut response, Duration::from_micros(312));
+        journal.finish(
+            pending,
+            StatusCode::OK,
+            &mut response,
+            Duration::from_micros(312),
+        );
         assert!(response.extensions().get::<Answered>().is_none());
         let page = journal.read(0, 10);
         let recorded = &page.records[0].1;
@@ -451,7 +460,12 @@ mod tests {
         // An error answer carries no note: the record has its status and no rows.
         let pending = journal.begin("/predict", &mut req).unwrap();
         let mut response = Response::new(Body::empty());
-        journal.finish(pending, StatusCode::UNPROCESSABLE_ENTITY, &mut response, Duration::ZERO);
+        journal.finish(
+            pending,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &mut response,
+            Duration::ZERO,
+        );
         let recorded = &journal.read(1, 10).records[0].1;
         assert_eq!(recorded.status, 422);
         assert!(recorded.inputs.is_empty() && recorded.outputs.is_empty());

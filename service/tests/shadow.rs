@@ -413,8 +413,8 @@ async fn grpc_predictions_are_recorded_like_http_ones() {
             model_infer_request::InferInputTensor, InferTensorContents, ModelInferRequest,
         },
         prediction::{
-            prediction_service_client::PredictionServiceClient, HealthRequest,
-            PredictBatchRequest, PredictRequest,
+            prediction_service_client::PredictionServiceClient, HealthRequest, PredictBatchRequest,
+            PredictRequest,
         },
     };
     let fp32 = |row: [f64; 4]| row.map(|v| v as f32).to_vec();
@@ -439,7 +439,9 @@ async fn grpc_predictions_are_recorded_like_http_ones() {
         .into_inner();
     let rows: Vec<PredictRequest> = GOLDEN
         .iter()
-        .map(|g| PredictRequest { features: fp32(g.0) })
+        .map(|g| PredictRequest {
+            features: fp32(g.0),
+        })
         .collect();
     let batch = prediction
         .predict_batch(shadowed(PredictBatchRequest { rows }, Some("g-2")))
@@ -466,7 +468,12 @@ async fn grpc_predictions_are_recorded_like_http_ones() {
         .expect("ModelInfer");
     // A refusal is recorded with its code's HTTP status and no rows.
     let refused = prediction
-        .predict(shadowed(PredictRequest { features: vec![1.0] }, Some("g-4")))
+        .predict(shadowed(
+            PredictRequest {
+                features: vec![1.0],
+            },
+            Some("g-4"),
+        ))
         .await
         .expect_err("three features too few");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
@@ -478,7 +485,10 @@ async fn grpc_predictions_are_recorded_like_http_ones() {
     let plain = PredictRequest {
         features: fp32(GOLDEN[0].0),
     };
-    prediction.predict(shadowed(plain.clone(), None)).await.unwrap();
+    prediction
+        .predict(shadowed(plain.clone(), None))
+        .await
+        .unwrap();
     prediction
         .predict(shadowed(plain, Some("a b")))
         .await
@@ -488,7 +498,10 @@ async fn grpc_predictions_are_recorded_like_http_ones() {
     let records = body["records"].as_array().unwrap();
     let ids: Vec<&str> = records.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["g-1", "g-2", "g-3", "g-4"], "{body}");
-    let routes: Vec<&str> = records.iter().map(|r| r["route"].as_str().unwrap()).collect();
+    let routes: Vec<&str> = records
+        .iter()
+        .map(|r| r["route"].as_str().unwrap())
+        .collect();
     assert_eq!(
         routes,
         [
@@ -498,7 +511,10 @@ async fn grpc_predictions_are_recorded_like_http_ones() {
             "/prediction.PredictionService/Predict",
         ]
     );
-    let statuses: Vec<u64> = records.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    let statuses: Vec<u64> = records
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
     assert_eq!(statuses, [200, 200, 200, 400]);
     // The rows as the model saw them: FP32 features read into FP64.
     let seen = |row: [f64; 4]| json!(row.map(|v| v as f32 as f64));
