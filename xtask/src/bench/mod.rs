@@ -25,6 +25,8 @@ mod service;
 mod service_nginx;
 mod shadow;
 mod switch;
+mod timeline;
+mod timeline_svg;
 mod wrk;
 
 use std::{fs, path::PathBuf};

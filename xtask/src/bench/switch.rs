@@ -10,8 +10,15 @@
 //! 4. 50 switches spread over a wrk run through the routing nginx: failed requests, req/s held;
 //! 5. 50 "edit the config + `nginx -s reload`" on the classic nginx under the same load;
 //! 6. 10 nginx restarts on the classic nginx under the same load;
-//! 7. print a table and write it into `docs/benchmarks.md` under "Switching" (only that
-//!    section; `report::replace_section` is pure and tested); stop everything.
+//! 7. a timeline through the routing nginx ([`timeline`]: 16 keep-alive clients that note
+//!    which color answered each request): about 12 s of load with a `switch` at 3 s, a switch
+//!    back at 6 s and a `rollback` at 9 s, charted in `docs/switch-timeline.svg`;
+//! 8. the same load through a stepped canary (`canary --steps 10,25,50,100`, a 4 s hold judged
+//!    from at least 100 of the canary's requests), charted in `docs/canary-timeline.svg`;
+//! 9. print a table and write it into `docs/benchmarks.md` under "Switching" (only that
+//!    section; `report::replace_section` is pure and tested), with the timelines' numbers and
+//!    links to their charts; stop everything. A request that failed in a timeline fails the
+//!    benchmark, after its chart and the section are written (they show what failed).
 
 use std::{
     fs,
@@ -26,6 +33,8 @@ use xshell::{cmd, Shell};
 
 use super::{
     report,
+    timeline::{self, Op, Timeline},
+    timeline_svg,
     wrk::{self, free_port, Wrk, WrkRun},
 };
 use crate::{
@@ -40,6 +49,14 @@ const SWITCHES_LOADED: usize = 50;
 const RELOADS: usize = 50;
 const RESTARTS: usize = 10;
 const SECTION: &str = "## Switching";
+/// The canary's steps and hold (seconds) in the timeline: four steps in about 15 s of load.
+const CANARY_STEPS: &str = "10,25,50,100";
+const CANARY_HOLD: &str = "4";
+/// Fewest canary requests per step for the canary to be judged: the load gives several hundred.
+const CANARY_MIN_REQUESTS: &str = "100";
+/// Where the charts go, from the project root (the section links them relative to `docs/`).
+const SWITCH_SVG: &str = "docs/switch-timeline.svg";
+const CANARY_SVG: &str = "docs/canary-timeline.svg";
 
 pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> Result<()> {
     host::ensure_commands(sh, &[host::NGINX, host::WRK])?;
@@ -84,11 +101,19 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
     let result = bench_env.measure(sh, &global, bench);
     let _ = bench_env.classic_stop();
     let _ = (flags::Down {}).run(sh, &global);
-    let report = result?;
-    let _ = fs::remove_dir_all(&dir);
+    let (report, problems) = result?;
     crate::say!("{report}");
     report::write_doc(None, SECTION, &report)?;
     crate::say!("bench switch: wrote the \"Switching\" section of docs/benchmarks.md");
+    if !problems.is_empty() {
+        bail!(
+            "bench switch: {} (see {SWITCH_SVG} and {CANARY_SVG}; the deployment's logs are \
+             kept under {})",
+            problems.join("; "),
+            dir.display()
+        );
+    }
+    let _ = fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -102,7 +127,13 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    fn measure(&self, sh: &Shell, global: &flags::Global, bench: &flags::Bench) -> Result<String> {
+    /// The report, and what went wrong in the timelines (failed requests or operations).
+    fn measure(
+        &self,
+        sh: &Shell,
+        global: &flags::Global,
+        bench: &flags::Bench,
+    ) -> Result<(String, Vec<String>)> {
         let machine = report::machine(sh, "wrk, nginx and both colors");
         super::up(sh, global)?;
         self.classic_start(Color::Blue)?;
@@ -171,7 +202,10 @@ impl Bench<'_> {
         }
         let restarting = load.finish()?;
 
-        Ok(render_report(&Numbers {
+        let timelines = self.timelines()?;
+        let problems = timelines.iter().flat_map(Timeline::problems).collect();
+
+        let report = render_report(&Numbers {
             machine,
             connections: bench.connections,
             secs,
@@ -182,7 +216,76 @@ impl Bench<'_> {
             switching,
             reloading,
             restarting,
-        }))
+            timelines,
+        });
+        Ok((report, problems))
+    }
+
+    /// Steps 7 and 8: the two timelines, each charted as soon as it is recorded.
+    fn timelines(&self) -> Result<[Timeline; 2]> {
+        let addr = format!("127.0.0.1:{}", self.config.balancer.port);
+        crate::say!("timeline: switch, switch back and rollback under load…");
+        let switching = self.timeline(
+            &addr,
+            "switch, switch back, rollback under load",
+            &[
+                Op::new(3.0, &["switch"]),
+                Op::new(6.0, &["switch"]),
+                Op::new(9.0, &["rollback"]),
+            ],
+            12,
+            SWITCH_SVG,
+        )?;
+        crate::say!("timeline: canary --steps {CANARY_STEPS} under load…");
+        let canary = [
+            "canary",
+            "--steps",
+            CANARY_STEPS,
+            "--hold",
+            CANARY_HOLD,
+            "--min-requests",
+            CANARY_MIN_REQUESTS,
+        ];
+        let canary = self.timeline(
+            &addr,
+            &format!("canary {CANARY_STEPS} (hold {CANARY_HOLD} s) under load"),
+            &[Op::new(3.0, &canary)],
+            0,
+            CANARY_SVG,
+        )?;
+        Ok([switching, canary])
+    }
+
+    /// Records `ops` under load through the balancer for at least `secs` seconds (and 3 s past
+    /// the last one), and writes the chart to `svg` (from the project root) whatever happened.
+    fn timeline(
+        &self,
+        addr: &str,
+        title: &str,
+        ops: &[Op],
+        secs: u64,
+        svg: &str,
+    ) -> Result<Timeline> {
+        let t = timeline::record(
+            &self.dir.join("xtask"),
+            &self.config_path,
+            addr,
+            title,
+            ops,
+            Duration::from_secs(secs),
+            Duration::from_secs(3),
+        )?;
+        let path = project_root().join(svg);
+        fs::write(&path, timeline_svg::svg(&t))
+            .with_context(|| format!("write {}", path.display()))?;
+        crate::say!(
+            "  {} requests, failed: {} (blue {}, green {}); wrote {svg}",
+            t.totals.requests,
+            t.totals.failed,
+            t.totals.blue,
+            t.totals.green
+        );
+        Ok(t)
     }
 
     /// Runs `cargo xtask switch` (this binary) and returns its wall time in seconds.
@@ -335,6 +438,8 @@ struct Numbers {
     switching: Wrk,
     reloading: Wrk,
     restarting: Wrk,
+    /// Switch/switch back/rollback, then the stepped canary.
+    timelines: [Timeline; 2],
 }
 
 fn render_report(n: &Numbers) -> String {
@@ -404,6 +509,45 @@ fn render_report(n: &Numbers) -> String {
          restart runs use the same nginx with the routing taken out and the upstream named in the file.\n",
         n.routed.req_per_sec, n.plain.req_per_sec
     );
+    s += &timeline_section(&n.timelines);
+    s
+}
+
+/// The timelines' numbers and their charts (linked relative to `docs/benchmarks.md`).
+fn timeline_section(timelines: &[Timeline]) -> String {
+    let mut s = format!(
+        "\n**Timelines** (the charts below): {} keep-alive clients of the benchmark's own posting \
+         predictions through the balancer without retries (a request unanswered in {} s, an I/O \
+         error or a non-2xx answer counts as failed); each answer counted by the color in its \
+         `X-Served-By`, per {} ms. The first run switches at 3 s, switches back at 6 s and rolls \
+         back at 9 s; the second steps a canary through {CANARY_STEPS} % holding {CANARY_HOLD} s \
+         per step, each step judged from the canary's own metrics (at least {CANARY_MIN_REQUESTS} \
+         requests).\n\n",
+        timeline::CLIENTS,
+        timeline::CLIENT_TIMEOUT.as_secs(),
+        timeline::BUCKET.as_millis()
+    );
+    s += "| run | requests | failed | answered by blue | answered by green |\n";
+    s += "| --- | ---: | ---: | ---: | ---: |\n";
+    for t in timelines {
+        let n = &t.totals;
+        s += &format!(
+            "| {} | {} | {} | {} | {} |\n",
+            t.title, n.requests, n.failed, n.blue, n.green
+        );
+    }
+    for (svg, alt) in [
+        (
+            SWITCH_SVG,
+            "requests per second by color through a switch, a switch back and a rollback",
+        ),
+        (
+            CANARY_SVG,
+            "requests per second by color through a stepped canary",
+        ),
+    ] {
+        s += &format!("\n![{alt}]({})\n", svg.trim_start_matches("docs/"));
+    }
     s
 }
 
@@ -418,5 +562,22 @@ mod tests {
         assert!(classic.contains("proxy_pass http://green;"));
         assert!(!classic.contains("if (-f"));
         assert!(!classic.contains("$color;\n            }"));
+    }
+
+    #[test]
+    fn timeline_section_counts_and_links_the_charts() {
+        let mut run = Timeline {
+            title: "switch under load".into(),
+            ..Timeline::default()
+        };
+        run.totals.requests = 1200;
+        run.totals.blue = 700;
+        run.totals.green = 500;
+        let section = timeline_section(&[run]);
+        assert!(section.contains("| switch under load | 1200 | 0 | 700 | 500 |"));
+        assert!(
+            section.contains("](switch-timeline.svg)\n")
+                && section.contains("](canary-timeline.svg)\n")
+        );
     }
 }
