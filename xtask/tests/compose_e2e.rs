@@ -6,8 +6,9 @@
 //!
 //! Steps of [`compose_runtime_end_to_end`], on one stack:
 //! 1. `build` the images (offline when no registry answers), `up`, `smoke`; a `shadow` run under
-//!    load (every prediction compared, 0 failed requests); a broken nginx config refused by
-//!    `nginx -t` in the container while the old one keeps serving;
+//!    HTTP and gRPC load (every prediction of both protocols compared, 0 failed requests or
+//!    calls); a broken nginx config refused by `nginx -t` in the container while the old one
+//!    keeps serving;
 //! 2. under continuous keep-alive load through the balancer, HTTP and gRPC at once: 10
 //!    switches, 3 rollbacks and 4 deploys (each recreating the standby container) with 0 failed
 //!    requests and 0 failed calls, the served version checked after each, every gRPC channel
@@ -85,25 +86,32 @@ fn compose_runtime_end_to_end() {
     assert_eq!(stack.served_version(5), BLUE_VERSION);
     // Testers reach the standby through the balancer while everyone else stays on blue.
     stack.ok(&["smoke", "--color", "green"]);
-    // A shadow run: every prediction mirrored to green, both colors' answers compared; the
-    // journals are read on the colors' published ports.
-    let (shadow, tally) = under_load(&stack.balancer, 4, |_| {
-        stack.stdout(&[
-            "shadow",
-            "--percent",
-            "100",
-            "--requests",
-            "200",
-            "--duration",
-            "60",
-            "--format",
-            "json",
-        ])
+    // A shadow run: every prediction, HTTP and gRPC, mirrored to green, both colors' answers
+    // compared; the journals are read on the colors' published ports.
+    let ((shadow, grpc), tally) = under_load(&stack.balancer, 4, |_| {
+        under_grpc_load(&stack.grpc_balancer, 1, 4, |_| {
+            stack.stdout(&[
+                "shadow",
+                "--percent",
+                "100",
+                "--requests",
+                "200",
+                "--duration",
+                "60",
+                "--format",
+                "json",
+            ])
+        })
     });
     tally.assert_no_failures("a shadow run");
+    grpc.assert_no_failures("a shadow run");
     let report: serde_json::Value = serde_json::from_str(&shadow).unwrap();
     assert!(
         report["rows_compared"].as_u64().unwrap() >= 200,
+        "{report:#}"
+    );
+    assert!(
+        report["paired_by_protocol"]["grpc"].as_u64().unwrap() > 0,
         "{report:#}"
     );
     assert_eq!(
