@@ -160,6 +160,39 @@ pub fn crate_version(manifest: &str) -> Result<String> {
 
 /// Builds the static service binary and returns its path.
 pub fn build_service_binary(sh: &Shell) -> Result<PathBuf> {
+    build_static(
+        sh,
+        "service",
+        "ml-service",
+        "the static service binary",
+        true,
+    )
+}
+
+/// Builds the host's agent (`agent/`, `mldeploy-agent`) statically for [`SERVICE_TARGET`], the
+/// balancer container's architecture, and returns its path. Quick when it is up to date.
+/// Its progress goes to stderr: it is built in the middle of commands whose output may be JSON.
+pub fn build_agent_binary(sh: &Shell) -> Result<PathBuf> {
+    build_static(
+        sh,
+        "mldeploy-agent",
+        "mldeploy-agent",
+        "the host's agent",
+        false,
+    )
+}
+
+/// `cargo build --release` of `package`'s `bin` for [`SERVICE_TARGET`] with `+crt-static`, so
+/// it runs in any Linux container of that architecture; progress on stdout when `loud`, else
+/// on stderr.
+fn build_static(sh: &Shell, package: &str, bin: &str, what: &str, loud: bool) -> Result<PathBuf> {
+    let say = |text: String| {
+        if loud {
+            crate::say!("{text}");
+        } else {
+            eprintln!("{text}");
+        }
+    };
     let mut rustflags = std::env::var("RUSTFLAGS").unwrap_or_default();
     if !rustflags.contains("crt-static") {
         rustflags = format!("{rustflags} -C target-feature=+crt-static")
@@ -167,26 +200,27 @@ pub fn build_service_binary(sh: &Shell) -> Result<PathBuf> {
             .to_owned();
     }
     let _flags = sh.push_env("RUSTFLAGS", rustflags);
-    crate::say!("building the static service binary ({SERVICE_TARGET}, release)…");
+    say(format!("building {what} ({SERVICE_TARGET}, release)…"));
     let started = Instant::now();
     let target = SERVICE_TARGET;
     cmd!(
         sh,
-        "cargo build --release --package service --bin ml-service --target {target}"
+        "cargo build --release --package {package} --bin {bin} --target {target}"
     )
     .run()
-    .context("build the static service binary")?;
+    .with_context(|| format!("build {what}"))?;
     let binary = target_dir(sh)?
         .join(SERVICE_TARGET)
-        .join("release/ml-service");
+        .join("release")
+        .join(bin);
     if !binary.is_file() {
         bail!("the build finished but {} is missing", binary.display());
     }
-    crate::say!(
+    say(format!(
         "built {} in {:.1} s",
         binary.display(),
         started.elapsed().as_secs_f64()
-    );
+    ));
     Ok(binary)
 }
 

@@ -59,6 +59,10 @@ pub enum Outcome {
     RolledBack,
     /// Failed, and traffic may not be where it was: the reason says what to do.
     Failed,
+    /// The deploy tool's connection to the host ended mid-operation; the host's agent
+    /// finished it (the reason says how: the route put back, or kept with its state) and
+    /// released the lock.
+    Interrupted,
 }
 
 impl fmt::Display for Outcome {
@@ -69,6 +73,7 @@ impl fmt::Display for Outcome {
             Outcome::Refused => "refused",
             Outcome::RolledBack => "rolled back",
             Outcome::Failed => "failed",
+            Outcome::Interrupted => "interrupted",
         })
     }
 }

@@ -44,8 +44,7 @@ use crate::{
 
 /// The operation log, relative to the host state directory.
 pub const OPERATIONS_FILE: &str = "operations.jsonl";
-/// The recorded deploy state, relative to the host state directory.
-pub const STATE_FILE: &str = "state.json";
+pub use crate::runtime::STATE_FILE;
 
 /// A deployment to operate on: its configuration, its runtime, and how to reach its parts.
 pub struct Deployment {
@@ -91,11 +90,25 @@ impl Deployment {
         self.checks.gate(&format!("{color} ({version})"), &target)
     }
 
-    /// Takes the host lock for the operation `holder` describes.
+    /// Takes the host lock for the operation `holder` describes, and says so when the last
+    /// operation was interrupted (its connection to the host ended mid-way).
     pub fn lock(&self, holder: &str) -> Result<HostLock> {
-        self.rt
+        let lock = self
+            .rt
             .host()
-            .lock(self.config.timeouts.lock, &format!("cargo xtask {holder}"))
+            .lock(self.config.timeouts.lock, &format!("cargo xtask {holder}"))?;
+        let last = self.rt.host().last_line(OPERATIONS_FILE).ok().flatten();
+        if let Some(op) = last.and_then(|line| serde_json::from_str::<Operation>(&line).ok()) {
+            if op.result == crate::domain::Outcome::Interrupted {
+                eprintln!(
+                    "warning: the last operation, `{}` at {}, was interrupted: {}",
+                    op.operation,
+                    op.time,
+                    op.reason.as_deref().unwrap_or("no reason recorded")
+                );
+            }
+        }
+        Ok(lock)
     }
 
     /// Appends one line to the operation log.

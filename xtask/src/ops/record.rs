@@ -48,7 +48,7 @@ impl<'a> Recorder<'a> {
         live: &Live,
         versions: &BTreeMap<Color, String>,
     ) -> Recorder<'a> {
-        Recorder {
+        let recorder = Recorder {
             ctx,
             op: Operation {
                 time: now_rfc3339(),
@@ -64,7 +64,17 @@ impl<'a> Recorder<'a> {
                 reason: None,
             },
             start: Instant::now(),
+        };
+        // What the host logs if this process's connection to it ends mid-operation.
+        let interrupted = serde_json::to_string(&recorder.op)
+            .map_err(anyhow::Error::from)
+            .and_then(|line| ctx.rt.host().on_interrupt(super::OPERATIONS_FILE, &line));
+        if let Err(err) = interrupted {
+            eprintln!(
+                "warning: the host cannot log this operation if the connection drops: {err:#}"
+            );
         }
+        recorder
     }
 
     /// The split the operation aims at.

@@ -100,7 +100,28 @@ pub trait HostDir {
     /// Takes the host-wide operation lock, waiting at most `timeout`; the error on timeout says
     /// who holds it (when known) and what to do. `holder` describes this operation for others.
     fn lock(&self, timeout: Duration, holder: &str) -> Result<HostLock>;
+    /// The last line of file `rel`, `None` when it is missing or empty (the operation log's
+    /// newest record, without reading the whole log over a slow connection).
+    fn last_line(&self, rel: &str) -> Result<Option<String>> {
+        Ok(self.read(rel)?.and_then(|text| {
+            text.lines()
+                .rev()
+                .find(|line| !line.trim().is_empty())
+                .map(str::to_owned)
+        }))
+    }
+    /// While the lock is held: `line` (an operation-log record) is what the host appends to
+    /// `log`, marked interrupted, if this process's connection to the host ends before the
+    /// lock is released. Runtimes whose host is this machine keep the default: a crash here
+    /// leaves the lock to its time-out, as before.
+    fn on_interrupt(&self, _log: &str, _line: &str) -> Result<()> {
+        Ok(())
+    }
 }
+
+/// The recorded deploy state, relative to the host state directory: writing it commits an
+/// operation (an agent that loses its client undoes a route swap made after the last write).
+pub const STATE_FILE: &str = "state.json";
 
 /// Starting and stopping the parts of a deployment.
 pub trait Runtime {

@@ -16,7 +16,9 @@
 //! - atomic writes: `tee <file>.tmp-<pid>` then `mv -f` (rename(2)); appends: `tee -a`;
 //! - a route generation: a locally prepared `gen-<n>/` copied in with `docker cp`;
 //! - activation: `ln -sfn gen-<n> current.tmp` then `mv -Tf current.tmp current` (rename(2));
-//! - the lock: `mkdir lock.d` (atomic), holding an `owner` file, removed when the guard drops;
+//! - the lock: `lock.d`, holding an `owner` file, removed when the guard drops;
+//! - while an operation holds the lock, all of these go through one session with the host's
+//!   agent (`agent.rs`): one `docker exec` per operation; without the agent, one per step;
 //! - nginx's static config: written to a temporary path, `nginx -t -c` on it, then installed and
 //!   nginx reloaded (SIGHUP to the container). Never part of a switch.
 //!
@@ -27,11 +29,13 @@
 //! `DOCKER_HOST=ssh://…`, an `ssh -N -L` tunnel to the host's balancer and direct ports (the
 //! direct ports listen on the host's loopback only); `MLDEPLOY_PUBLIC_HOST` overrides both.
 //!
-//! Files: this one starts and stops things ([`Runtime`]); `docker.rs` is the Docker plumbing
+//! Files: this one starts and stops things ([`Runtime`]); `agent.rs` talks to the host's agent;
+//! `docker.rs` is the Docker plumbing
 //! (container ids, `exec`, `cp`); `volume.rs` is the state volume ([`HostDir`] and the lock);
 //! `tunnel.rs` reaches a remote host's ports; `names.rs` derives names and addresses;
 //! `tar.rs` is the codec `docker cp` speaks.
 
+mod agent;
 mod docker;
 mod names;
 mod tar;
@@ -94,6 +98,8 @@ pub struct Compose {
     /// With `DOCKER_HOST=ssh://…`: local forwards to the host's balancer and direct ports (the
     /// direct ports are bound to the host's loopback, so the gates reach them only this way).
     tunnel: Option<Tunnel>,
+    /// The session with the host's agent while this process holds the lock ([`agent`]).
+    agent: agent::Shared,
 }
 
 impl Compose {
@@ -131,6 +137,7 @@ impl Compose {
             nginx_id: RefCell::new(None),
             nginx_running: std::cell::Cell::new(false),
             tunnel: Tunnel::open_for_docker_host(config)?,
+            agent: Default::default(),
         })
     }
 
@@ -239,7 +246,13 @@ impl Runtime for Compose {
                 "nginx did not start; its log:\n{}",
                 self.logs(Part::Balancer, 20).unwrap_or_default()
             )
-        })
+        })?;
+        // The host's agent, so that the first operation does not wait for it; a host where it
+        // cannot run works without it (each step a `docker exec`), as the lock will say.
+        if let Err(err) = self.ensure_agent() {
+            eprintln!("note: the host's agent is not installed: {err:#}");
+        }
+        Ok(())
     }
 
     fn start_color(&self, color: Color, version: &str) -> Result<()> {
@@ -287,6 +300,11 @@ impl Runtime for Compose {
     }
 
     fn down(&self) -> Result<()> {
+        // The lock and the agent go with the volume: end the session first.
+        if let Some(mut session) = self.agent.borrow_mut().take() {
+            let _ = session.call(&serde_json::json!({ "op": "unlock" }));
+            session.close();
+        }
         self.compose(
             "remove the containers, network and volume",
             &[

@@ -107,6 +107,25 @@ pub fn tar_archive(entries: &[(String, TarKind, &str)]) -> Vec<u8> {
         } else {
             path.clone()
         };
+        push_entry(&mut out, &name, mode, typeflag, data);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+/// A stream holding folder `dir` and in it the executable `name` with `data` (root-owned,
+/// mode 0755): a program copied into the state volume.
+pub fn tar_program(dir: &str, name: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    push_entry(&mut out, &format!("{dir}/"), "0000755", b'5', b"");
+    push_entry(&mut out, &format!("{dir}/{name}"), "0000755", b'0', data);
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+/// Appends one ustar header and its data, padded to the block size.
+fn push_entry(out: &mut Vec<u8>, name: &str, mode: &str, typeflag: u8, data: &[u8]) {
+    {
         let mut block = [0u8; 512];
         let name = name.as_bytes();
         block[..name.len().min(100)].copy_from_slice(&name[..name.len().min(100)]);
@@ -126,8 +145,6 @@ pub fn tar_archive(entries: &[(String, TarKind, &str)]) -> Vec<u8> {
         out.extend_from_slice(data);
         out.resize(out.len().div_ceil(512) * 512, 0);
     }
-    out.extend_from_slice(&[0u8; 1024]);
-    out
 }
 
 #[cfg(test)]

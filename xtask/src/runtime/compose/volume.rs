@@ -19,7 +19,10 @@ use std::{
 use anyhow::{bail, Result};
 use xshell::cmd;
 
+use serde_json::json;
+
 use super::{
+    agent,
     docker::Access,
     state_path,
     tar::{TarEntry, TarKind},
@@ -41,6 +44,9 @@ impl Compose {
 impl HostDir for Compose {
     fn read(&self, rel: &str) -> Result<Option<String>> {
         let path = state_path(rel)?;
+        if let Some(answer) = self.via_agent(json!({"op": "read", "rel": rel}))? {
+            return Ok(answer["contents"].as_str().map(str::to_owned));
+        }
         match self.access()? {
             Access::Absent => return Ok(None),
             Access::Stopped => return self.copy_of(rel)?.read(rel),
@@ -58,6 +64,10 @@ impl HostDir for Compose {
 
     fn write(&self, rel: &str, contents: &str) -> Result<()> {
         let path = state_path(rel)?;
+        let request = json!({"op": "write", "rel": rel, "contents": contents});
+        if self.via_agent(request)?.is_some() {
+            return Ok(());
+        }
         self.state_container()?;
         let temp = format!("{path}.tmp-{}", std::process::id());
         self.exec_ok(&format!("write {temp}"), &["tee", &temp], Some(contents))?;
@@ -71,6 +81,12 @@ impl HostDir for Compose {
 
     fn append(&self, rel: &str, line: &str) -> Result<()> {
         let path = state_path(rel)?;
+        if self
+            .via_agent(json!({"op": "append", "rel": rel, "line": line}))?
+            .is_some()
+        {
+            return Ok(());
+        }
         self.state_container()?;
         let mut text = line.trim_end_matches('\n').to_owned();
         text.push('\n');
@@ -84,6 +100,9 @@ impl HostDir for Compose {
 
     fn list(&self, rel: &str) -> Result<Option<Vec<String>>> {
         let path = state_path(rel)?;
+        if let Some(answer) = self.via_agent(json!({"op": "list", "rel": rel}))? {
+            return Ok(agent::names_of(&answer));
+        }
         match self.access()? {
             Access::Absent => return Ok(None),
             Access::Stopped => return self.copy_of(rel)?.list(rel),
@@ -101,6 +120,10 @@ impl HostDir for Compose {
 
     fn install_dir(&self, rel: &str, empty_files: &[String]) -> Result<()> {
         let path = state_path(rel)?;
+        let request = json!({"op": "install_dir", "rel": rel, "files": empty_files});
+        if self.via_agent(request)?.is_some() {
+            return Ok(());
+        }
         self.state_container()?;
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         let mut entries = vec![(name.to_owned(), TarKind::Dir, "")];
@@ -120,6 +143,10 @@ impl HostDir for Compose {
 
     fn swap_link(&self, link: &str, target: &str) -> Result<()> {
         let path = state_path(link)?;
+        let request = json!({"op": "swap_link", "link": link, "target": target});
+        if self.via_agent(request)?.is_some() {
+            return Ok(());
+        }
         let (dir, name) = path.rsplit_once('/').unwrap_or((STATE_DIR, &path));
         let tmp = format!("{name}.tmp");
         let id = self.state_container()?;
@@ -144,6 +171,9 @@ impl HostDir for Compose {
 
     fn read_link(&self, link: &str) -> Result<Link> {
         let path = state_path(link)?;
+        if let Some(answer) = self.via_agent(json!({"op": "read_link", "link": link}))? {
+            return Ok(agent::link_of(&answer));
+        }
         match self.access()? {
             Access::Absent => return Ok(Link::Missing),
             Access::Stopped => return self.copy_of(link)?.read_link(link),
@@ -168,9 +198,34 @@ impl HostDir for Compose {
             .iter()
             .map(|rel| state_path(rel))
             .collect::<Result<Vec<_>>>()?;
+        if self
+            .via_agent(json!({"op": "remove_dirs", "rels": rels}))?
+            .is_some()
+        {
+            return Ok(());
+        }
         let mut args = vec!["rm", "-rf"];
         args.extend(paths.iter().map(String::as_str));
         self.exec_ok("remove folders", &args, None)?;
+        Ok(())
+    }
+
+    fn last_line(&self, rel: &str) -> Result<Option<String>> {
+        state_path(rel)?;
+        if let Some(answer) = self.via_agent(json!({"op": "last_line", "rel": rel}))? {
+            return Ok(answer["line"].as_str().map(str::to_owned));
+        }
+        Ok(self.read(rel)?.and_then(|text| {
+            text.lines()
+                .rev()
+                .find(|line| !line.trim().is_empty())
+                .map(str::to_owned)
+        }))
+    }
+
+    fn on_interrupt(&self, log: &str, line: &str) -> Result<()> {
+        state_path(log)?;
+        self.via_agent(json!({"op": "on_abort", "log": log, "line": line}))?;
         Ok(())
     }
 
@@ -185,6 +240,13 @@ impl HostDir for Compose {
             return Ok(Box::new(()));
         }
         self.state_container()?;
+        match self.lock_with_agent(timeout, holder) {
+            Ok(guard) => return Ok(guard),
+            Err(err) if err.downcast_ref::<agent::Refused>().is_some() => return Err(err),
+            Err(err) => eprintln!(
+                "note: the host's agent cannot run ({err:#}); each step is a `docker exec` of its own"
+            ),
+        }
         loop {
             let exec = self.exec(&["mkdir", &dir], None)?;
             if exec.ok {
@@ -212,6 +274,45 @@ impl HostDir for Compose {
             thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_millis(250));
         }
+    }
+}
+
+impl Compose {
+    /// Takes the lock in a new session with the host's agent, which then serves every file
+    /// operation until the returned guard releases the lock. A busy lock is a
+    /// [`agent::Refused`] whose message says who holds it.
+    fn lock_with_agent(&self, timeout: Duration, holder: &str) -> Result<HostLock> {
+        let mut session = self.open_agent()?;
+        let owner = lock_owner(holder, now_secs());
+        let answer = match session.call(&agent::lock_request(&owner, timeout)) {
+            Ok(answer) => answer,
+            Err(err) => {
+                session.close();
+                let Some(refused) = err.downcast_ref::<agent::Refused>() else {
+                    return Err(err);
+                };
+                if refused.kind != "busy" {
+                    return Err(err.context("take the deploy lock through the host's agent"));
+                }
+                let message = lock_busy_message(
+                    &refused.owner,
+                    now_secs(),
+                    &self.nginx()?,
+                    &format!("{STATE_DIR}/lock.d"),
+                );
+                return Err(err.context(message));
+            }
+        };
+        if let Some(stale) = answer["broke_stale"].as_str() {
+            let holder = stale.lines().next().unwrap_or("an unknown operation");
+            eprintln!(
+                "warning: released a deploy lock left by `{holder}`, whose process on the host is gone"
+            );
+        }
+        *self.agent.borrow_mut() = Some(session);
+        Ok(Box::new(agent::AgentLock {
+            agent: self.agent.clone(),
+        }))
     }
 }
 
