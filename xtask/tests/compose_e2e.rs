@@ -42,7 +42,9 @@ use common::{
     grpc_load::{under_grpc_load, GrpcLoad},
     http,
     load::under_load,
-    poll_until, project_root, run_ok, runs_ok, Stack,
+    poll_until, project_root, run_ok, runs_ok, wait_until,
+    xtask::stderr,
+    Stack,
 };
 
 /// gRPC load of the end-to-end test: channels and calls in flight on each.
@@ -204,6 +206,63 @@ fn compose_runtime_end_to_end() {
     );
     // Green (v1.1.0) is active again, blue has v1.0.0: back to blue.
     stack.ok(&["switch", "--to", "blue"]);
+    assert_eq!(stack.served_version(5), BLUE_VERSION);
+
+    // Round trips to the host: a switch through the host's agent is one `docker exec` (every
+    // file operation and the lock on its pipe); without the agent, one exec per step.
+    let execs = |calls: &[String]| calls.iter().filter(|c| c.starts_with("exec")).count();
+    let with_agent = stack.docker_calls(&["switch"], &[]);
+    let without = stack.docker_calls(&["switch"], &[("MLDEPLOY_AGENT", "off")]);
+    println!(
+        "docker calls per switch: {} with the host's agent ({} exec), {} without ({} execs)",
+        with_agent.len(),
+        execs(&with_agent),
+        without.len(),
+        execs(&without)
+    );
+    assert_eq!(execs(&with_agent), 1, "{with_agent:#?}");
+    assert!(with_agent.len() <= 6, "{with_agent:#?}");
+    assert!(execs(&without) >= 8, "{without:#?}");
+    assert_eq!(stack.served_version(5), BLUE_VERSION);
+
+    // The deploy tool killed mid-operation (a stepped canary, between its steps): the agent
+    // sees its pipe end, logs the operation as interrupted and releases the lock, so the next
+    // operation starts at once, says what happened, and the recorded state matches the route.
+    let last_logged = || {
+        let history = stack.stdout(&["history", "--json"]);
+        history.lines().last().unwrap_or_default().to_owned()
+    };
+    let mut canary = stack
+        .xtask
+        .command(&[
+            "canary",
+            "--steps",
+            "10,50",
+            "--hold",
+            "30",
+            "--min-requests",
+            "0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the canary's first step is recorded", || {
+        last_logged().contains("\"operation\":\"canary\"")
+    });
+    canary.kill().unwrap();
+    canary.wait().unwrap();
+    let (out, took) = stack.xtask.ok(&["switch", "--to", "blue"]);
+    assert!(
+        took < Duration::from_secs(10),
+        "the next operation waited {took:?} for the lock"
+    );
+    assert!(
+        stderr(&out).contains("was interrupted"),
+        "the next operation does not say so: {}",
+        stderr(&out)
+    );
+    let history = stack.stdout(&["history", "--json"]);
+    assert!(history.contains("\"interrupted\""), "{history}");
     assert_eq!(stack.served_version(5), BLUE_VERSION);
 
     // 3. A stopped standby: the switch is refused, naming it; traffic stays.

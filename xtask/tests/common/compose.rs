@@ -55,7 +55,7 @@ pub struct Stack {
     pub balancer: Balancer,
     /// The balancer's gRPC address, `http://127.0.0.1:<port>`.
     pub grpc_balancer: String,
-    xtask: Xtask,
+    pub xtask: Xtask,
 }
 
 impl Stack {
@@ -107,6 +107,47 @@ impl Stack {
     /// Runs the command, asserts it failed, returns its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         stderr(&self.xtask.fails(args))
+    }
+
+    /// Runs the command (which must succeed) with `env` and a `docker` on `PATH` that notes
+    /// each call before it runs the real one; returns the calls' arguments, one per line.
+    pub fn docker_calls(&self, args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
+        let shim = self.dir.join("counting-docker");
+        fs::create_dir_all(&shim).unwrap();
+        let log = shim.join("calls.log");
+        let _ = fs::remove_file(&log);
+        let real = String::from_utf8(
+            Command::new("sh")
+                .args(["-c", "command -v docker"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let script = format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            log.display(),
+            real.trim()
+        );
+        let docker = shim.join("docker");
+        fs::write(&docker, script).unwrap();
+        let mut perms = fs::metadata(&docker).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        fs::set_permissions(&docker, perms).unwrap();
+        let path = format!(
+            "{}:{}",
+            shim.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut cmd = self.xtask.command(args);
+        cmd.env("PATH", path).envs(env.iter().copied());
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{args:?} failed: {}", stderr(&out));
+        fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// `down`, after which dropping the stack does not run it again.

@@ -12,7 +12,8 @@
 //!   releases the lock ([`crate::runtime::HostDir::on_interrupt`]); a lock left by an agent
 //!   that died with its container is recognised as stale by the next one.
 //! - Where the agent cannot run (it cannot be built here, or the container's architecture is
-//!   another), the runtime falls back to one `docker exec` per file operation, and says so.
+//!   another), the runtime falls back to one `docker exec` per file operation, and says so;
+//!   [`DISABLE`] asks for that path.
 
 use std::{
     cell::RefCell,
@@ -37,6 +38,15 @@ const AGENT_DIR: &str = ".agent";
 const AGENT_BIN: &str = "mldeploy-agent";
 /// How long closing a session may take before the agent is left to notice on its own.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `MLDEPLOY_AGENT=off` makes every file operation a `docker exec` of its own, as before the
+/// agent (for comparison, or a host where it must not run).
+pub const DISABLE: &str = "MLDEPLOY_AGENT=off";
+
+/// Whether [`DISABLE`] is set.
+pub fn disabled() -> bool {
+    std::env::var("MLDEPLOY_AGENT").is_ok_and(|v| v.eq_ignore_ascii_case("off"))
+}
 
 /// The agent's path in the balancer container.
 fn agent_path() -> String {

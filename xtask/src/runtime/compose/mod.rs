@@ -249,8 +249,10 @@ impl Runtime for Compose {
         })?;
         // The host's agent, so that the first operation does not wait for it; a host where it
         // cannot run works without it (each step a `docker exec`), as the lock will say.
-        if let Err(err) = self.ensure_agent() {
-            eprintln!("note: the host's agent is not installed: {err:#}");
+        if !agent::disabled() {
+            if let Err(err) = self.ensure_agent() {
+                eprintln!("note: the host's agent is not installed: {err:#}");
+            }
         }
         Ok(())
     }

@@ -240,7 +240,12 @@ impl HostDir for Compose {
             return Ok(Box::new(()));
         }
         self.state_container()?;
-        match self.lock_with_agent(timeout, holder) {
+        let agent = if agent::disabled() {
+            Err(anyhow::anyhow!("{} is set", agent::DISABLE))
+        } else {
+            self.lock_with_agent(timeout, holder)
+        };
+        match agent {
             Ok(guard) => return Ok(guard),
             Err(err) if err.downcast_ref::<agent::Refused>().is_some() => return Err(err),
             Err(err) => eprintln!(
