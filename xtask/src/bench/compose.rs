@@ -11,7 +11,8 @@
 //!    person would run it; then the service image's size and the nginx image the balancer runs;
 //! 4. a color's start: `docker run` of the service image on a free loopback port until `/health`
 //!    answers 200, 5 times (each container removed at once);
-//! 5. 20 `switch` runs without load: wall time p50 / max;
+//! 5. 20 `switch` runs without load: wall time p50 / max; then 20 more with `MLDEPLOY_AGENT=off`
+//!    (one `docker exec` per step instead of one session with the host's agent);
 //! 6. wrk (2 threads, keep-alive `POST /predict` through the balancer's published port) for
 //!    `--duration` seconds without operations;
 //! 7. wrk again while 10 switches and 3 rollbacks run one after the other, spread over at least
@@ -143,7 +144,13 @@ impl Stack<'_> {
     /// Runs `xtask --runtime compose --config <private> <args>`; returns its wall time in
     /// seconds.
     fn xtask(&self, args: &[&str]) -> Result<f64> {
+        self.xtask_with(args, &[])
+    }
+
+    /// [`Stack::xtask`] with extra environment variables.
+    fn xtask_with(&self, args: &[&str], env: &[(&str, &str)]) -> Result<f64> {
         let (sh, exe, config) = (self.sh, &self.exe, &self.config);
+        let _env: Vec<_> = env.iter().map(|(k, v)| sh.push_env(k, v)).collect();
         let t = Instant::now();
         let out = cmd!(sh, "{exe} --runtime compose --config {config} {args...}")
             .quiet()
@@ -198,6 +205,8 @@ struct Numbers {
     up_secs: f64,
     starts: Vec<f64>,
     idle: Vec<f64>,
+    /// The same switches with `MLDEPLOY_AGENT=off`: one `docker exec` per step.
+    idle_without_agent: Vec<f64>,
     idle_run: Wrk,
     loaded: Vec<f64>,
     loaded_secs: f64,
@@ -227,6 +236,10 @@ fn measure(
     crate::say!("timing {SWITCHES_IDLE} switches without load…");
     let idle = (0..SWITCHES_IDLE)
         .map(|_| stack.xtask(&["switch"]))
+        .collect::<Result<Vec<_>>>()?;
+    crate::say!("timing {SWITCHES_IDLE} switches without load or the host's agent…");
+    let idle_without_agent = (0..SWITCHES_IDLE)
+        .map(|_| stack.xtask_with(&["switch"], &[("MLDEPLOY_AGENT", "off")]))
         .collect::<Result<Vec<_>>>()?;
 
     let lua = stack.dir.join("predict.lua");
@@ -264,6 +277,7 @@ fn measure(
         up_secs,
         starts,
         idle,
+        idle_without_agent,
         idle_run,
         loaded,
         loaded_secs,
@@ -436,6 +450,7 @@ fn render_report(c: &Setting<'_>) -> String {
     let n = c.numbers;
     let (start_p50, start_max) = report::p50_max(&n.starts);
     let (idle_p50, idle_max) = report::p50_max(&n.idle);
+    let (off_p50, off_max) = report::p50_max(&n.idle_without_agent);
     let (load_p50, load_max) = report::p50_max(&n.loaded);
     let switches = operations().iter().filter(|&&op| op == Op::Switch).count();
     let rollbacks = n.loaded.len() - switches;
@@ -473,6 +488,10 @@ fn render_report(c: &Setting<'_>) -> String {
     s += &format!(
         "| `cargo xtask switch` wall time, no load | **p50 {idle_p50:.2} s**, max {idle_max:.2} s over {} switches |\n",
         n.idle.len()
+    );
+    s += &format!(
+        "| the same with `MLDEPLOY_AGENT=off` (a `docker exec` per step, as before the host's agent) | p50 {off_p50:.2} s, max {off_max:.2} s over {} switches |\n",
+        n.idle_without_agent.len()
     );
     s += &format!(
         "| `switch` / `rollback` wall time under the load below | p50 {load_p50:.2} s, max {load_max:.2} s over {} operations |\n",
