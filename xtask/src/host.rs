@@ -4,7 +4,8 @@
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-/// A command the tool needs, and the Debian package that provides it.
+/// A command the tool needs, and the Debian package that provides it. `command` is a command
+/// on `PATH`, or an absolute path the package installs (for a library).
 #[derive(Debug, Clone, Copy)]
 pub struct Need {
     pub command: &'static str,
@@ -31,6 +32,26 @@ pub const DEBOOTSTRAP: Need = Need {
     command: "debootstrap",
     package: "debootstrap",
 };
+/// What the deploy-host tests need: a network namespace (`ip`), an SSH server in it and the
+/// client here, and paramiko, without which `docker-compose` v1 refuses `ssh://` hosts.
+pub const DEPLOY_HOST_TESTS: [Need; 4] = [
+    Need {
+        command: "ip",
+        package: "iproute2",
+    },
+    Need {
+        command: "sshd",
+        package: "openssh-server",
+    },
+    Need {
+        command: "ssh",
+        package: "openssh-client",
+    },
+    Need {
+        command: "/usr/lib/python3/dist-packages/paramiko/__init__.py",
+        package: "python3-paramiko",
+    },
+];
 
 /// Whether this process runs as root (it may install packages and start daemons, and nginx's
 /// workers then run as an unprivileged user).
@@ -62,7 +83,13 @@ pub fn missing(needs: &[Need]) -> Vec<Need> {
     needs
         .iter()
         .copied()
-        .filter(|need| !has_command(need.command))
+        .filter(|need| {
+            if need.command.starts_with('/') {
+                !std::path::Path::new(need.command).exists()
+            } else {
+                !has_command(need.command)
+            }
+        })
         .collect()
 }
 

@@ -10,6 +10,9 @@
 //! The nginx image ([`resolve_nginx_image`]), the first that works of:
 //! 1. the configured image (the official `nginx` by default), when present;
 //! 2. the image built earlier from Debian's packages, when present;
+//!    (against a remote engine, "present" includes "present in this machine's engine, and
+//!    copied over the same connection": [`image_present_or_copied`]; the same for the service
+//!    image before it is built);
 //! 3. `docker pull` of the configured image, with a short deadline (skipped offline);
 //! 4. a build from Debian's packages: `debootstrap --variant=minbase --include=nginx` into a
 //!    folder, trimmed, then `tar -C <dir> -c . | docker import -` (the pipe is made here, not by
@@ -52,6 +55,73 @@ pub fn image_exists(sh: &Shell, image: &str) -> bool {
         .ignore_stderr()
         .run()
         .is_ok()
+}
+
+/// The remote engine `DOCKER_HOST` names (`ssh://…`, `tcp://…`), if it names one.
+fn remote_engine() -> Option<String> {
+    crate::runtime::compose::remote_docker_host()
+        .filter(|h| h.starts_with("ssh://") || h.starts_with("tcp://"))
+}
+
+/// Whether the engine has `image`; against a remote engine that lacks it, copies it there
+/// from this machine's own engine when that has it (`docker save | docker load` over the same
+/// connection): images built or loaded on a laptop reach a deploy host without a registry.
+pub fn image_present_or_copied(sh: &Shell, image: &str) -> bool {
+    if image_exists(sh, image) {
+        return true;
+    }
+    let Some(remote) = remote_engine() else {
+        return false;
+    };
+    let local = |args: &[&str]| {
+        let mut c = Command::new("docker");
+        c.args(args)
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT");
+        c
+    };
+    let here = local(&["image", "inspect", image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !here {
+        return false;
+    }
+    crate::say!("copying {image} from this machine's engine to {remote}…");
+    let started = Instant::now();
+    let copied = (|| -> Result<()> {
+        let mut save = local(&["save", image])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("run docker save")?;
+        let stream = save.stdout.take().context("docker save's output")?;
+        let load = Command::new("docker")
+            .args(["load", "--quiet"])
+            .stdin(stream)
+            .stdout(Stdio::null())
+            .output()
+            .context("run docker load")?;
+        let saved = save.wait().context("wait for docker save")?;
+        if !saved.success() || !load.status.success() {
+            bail!(
+                "docker save | docker load failed: {}",
+                String::from_utf8_lossy(&load.stderr).trim()
+            );
+        }
+        Ok(())
+    })();
+    match copied {
+        Ok(()) => {
+            crate::say!("copied {image} in {:.1} s", started.elapsed().as_secs_f64());
+            image_exists(sh, image)
+        }
+        Err(err) => {
+            crate::say!("could not copy {image}: {err:#}");
+            false
+        }
+    }
 }
 
 /// The size of `image` in bytes.
@@ -302,10 +372,10 @@ pub fn buildx_available(sh: &Shell) -> bool {
         .is_ok()
 }
 
-/// Makes sure the service image `reference` (`name:tag`) exists, building binary and image when
-/// it does not.
+/// Makes sure the service image `reference` (`name:tag`) exists, copying it from this
+/// machine's engine to a remote one, or building binary and image when it does not.
 pub fn ensure_service_image(sh: &Shell, name: &str, reference: &str) -> Result<()> {
-    if image_exists(sh, reference) {
+    if image_present_or_copied(sh, reference) {
         return Ok(());
     }
     crate::say!("image {reference} is missing: building it");
@@ -326,10 +396,10 @@ pub fn ensure_service_image(sh: &Shell, name: &str, reference: &str) -> Result<(
 /// The nginx image to run: `configured` when present or pullable (unless `offline`), else one
 /// built from Debian's packages (built now if needed).
 pub fn resolve_nginx_image(sh: &Shell, configured: &str, offline: bool) -> Result<String> {
-    if !offline && image_exists(sh, configured) {
+    if !offline && image_present_or_copied(sh, configured) {
         return Ok(configured.to_owned());
     }
-    if image_exists(sh, DEBIAN_NGINX_IMAGE) {
+    if image_present_or_copied(sh, DEBIAN_NGINX_IMAGE) {
         return Ok(DEBIAN_NGINX_IMAGE.to_owned());
     }
     if !offline {

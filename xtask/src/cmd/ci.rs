@@ -1,7 +1,8 @@
 //! `cargo xtask ci`: every check CI runs, the same here and on GitHub's runners.
 //!
 //! Steps (each printed as a pair of lines, then a summary table):
-//! 1. set-up: the tools the tests need (nginx, wrk, a Docker engine and compose, debootstrap);
+//! 1. set-up: the tools the tests need (nginx, wrk, a Docker engine and compose, debootstrap;
+//!    for the deploy-host tests iproute2, openssh-server and -client, python3-paramiko);
 //! 2. client tools: the service's standard clients (`tritonclient[http,grpc]`, `schemathesis`,
 //!    `grpcio` and `grpcio-tools` for the gRPC example), pinned, into the virtual environment
 //!    under `target/tools/venv`;
@@ -53,6 +54,7 @@ impl flags::Ci {
             if !self.no_docker {
                 // debootstrap is installed when an offline nginx image is needed, not before.
                 needs.extend(crate::docker::docker_needs(sh));
+                needs.extend(host::DEPLOY_HOST_TESTS);
             }
             host::ensure_commands(sh, &needs)?;
             if !self.no_docker {

@@ -191,16 +191,37 @@ impl Compose {
             .with_context(|| format!("docker cp into {dest}"))
     }
 
+    /// Runs compose with `args`, waiting for the compose process itself to exit: its error
+    /// output goes to a file, not a pipe, because over `ssh://` compose v1 leaves `ssh`
+    /// children behind that inherit its stderr, and reading a pipe to its end would wait for
+    /// them forever. The error says what compose printed.
     pub(super) fn compose(&self, what: &str, args: &[&str]) -> Result<()> {
-        self.cli
-            .cmd(&self.sh, args)
-            .quiet()
-            .ignore_stdout()
-            .output()
-            .map(drop)
-            .with_context(|| format!("{what} ({} {})", self.cli.display_name(), args.join(" ")))
+        let context = || format!("{what} ({} {})", self.cli.display_name(), args.join(" "));
+        let log_path = std::env::temp_dir().join(format!(
+            "mldeploy-compose-{}-{}.log",
+            std::process::id(),
+            COMPOSE_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("create {}", log_path.display()))?;
+        let mut command: std::process::Command = self.cli.cmd(&self.sh, args).into();
+        let status = command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .status()
+            .with_context(context);
+        let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&log_path);
+        if !status?.success() {
+            bail!("{}: {}", context(), said.trim());
+        }
+        Ok(())
     }
 }
+
+/// Numbers the compose runs of this process, for their log files' names.
+static COMPOSE_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// How the state volume can be read.
 pub(super) enum Access {

@@ -26,8 +26,9 @@
 //! built (`images.rs`) when a part starts.
 //!
 //! Reaching the parts: the published ports on 127.0.0.1 for a local engine; with
-//! `DOCKER_HOST=ssh://…`, an `ssh -N -L` tunnel to the host's balancer and direct ports (the
-//! direct ports listen on the host's loopback only); `MLDEPLOY_PUBLIC_HOST` overrides both.
+//! `DOCKER_HOST=ssh://…`, one `ssh` connection per command that forwards the host's balancer
+//! and direct ports (the direct ports listen on the host's loopback only) and its Docker socket
+//! (`tunnel.rs`); `MLDEPLOY_PUBLIC_HOST` overrides the ports' host.
 //!
 //! Files: this one starts and stops things ([`Runtime`]); `agent.rs` talks to the host's agent;
 //! `docker.rs` is the Docker plumbing
@@ -50,6 +51,7 @@ use xshell::{cmd, Shell};
 pub use names::{
     compose_env, compose_files, project_name, service_image_ref, state_path, Addresses,
 };
+pub use tunnel::remote_docker_host;
 
 use self::{
     tar::TarKind,
@@ -119,6 +121,19 @@ impl Compose {
     /// Opens the compose runtime; fails when it cannot be used here (no compose command, no
     /// engine), which makes `--runtime auto` choose the local runtime.
     pub fn new(sh: &Shell, config: &DeployConfig) -> Result<Compose> {
+        // Over SSH, one connection for the whole command: the tunnel also forwards the host's
+        // Docker socket, which every later `docker` and compose call then uses.
+        let tunnel = Tunnel::open_for_docker_host(config)?;
+        if let Some(socket) = tunnel.as_ref().and_then(|t| t.engine.as_ref()) {
+            let remote = tunnel::remote_docker_host().unwrap_or_default();
+            let forwarded = format!("unix://{}", socket.display());
+            std::env::set_var(tunnel::REMOTE_DOCKER_HOST, &remote);
+            std::env::set_var("DOCKER_HOST", &forwarded);
+            sh.set_var("DOCKER_HOST", &forwarded);
+            if !engine::engine_answers(sh) {
+                bail!("the Docker engine at {remote} does not answer through the SSH tunnel: check that it runs and that `docker info` works on the host");
+            }
+        }
         engine::ensure_engine(sh)?;
         let root = util::project_root();
         let project = project_name(&config.compose.project)?;
@@ -136,7 +151,7 @@ impl Compose {
             addresses,
             nginx_id: RefCell::new(None),
             nginx_running: std::cell::Cell::new(false),
-            tunnel: Tunnel::open_for_docker_host(config)?,
+            tunnel,
             agent: Default::default(),
         })
     }
@@ -204,10 +219,10 @@ impl Runtime for Compose {
                 return self.apply_config(nginx_conf);
             }
         } else {
-            self.compose(
-                "create the balancer container",
-                &["up", "--no-start", "--no-deps", "nginx"],
-            )?;
+            // `create`, not `up --no-start`: compose v1 over `ssh://` attaches to the log of
+            // each container it creates, and a container that never starts leaves that SSH
+            // connection open for good. (No service depends on nginx, so nothing else is made.)
+            self.compose("create the balancer container", &["create", "nginx"])?;
             *self.nginx_id.borrow_mut() = None;
         }
         // The container exists but is stopped: seed the volume through `docker cp` (which works

@@ -1,8 +1,18 @@
-//! Reaching a remote deployment host's ports: with `DOCKER_HOST=ssh://…`, an `ssh -N -L` tunnel
-//! to the host's balancer and direct ports (the direct ports listen on the host's loopback
-//! only); with `tcp://…` the host's name; `MLDEPLOY_PUBLIC_HOST` overrides both.
+//! Reaching a remote deployment host: with `DOCKER_HOST=ssh://…`, one `ssh` connection for the
+//! whole command, which forwards
+//! - the host's balancer and direct ports (the direct ports listen on the host's loopback only);
+//! - the host's Docker socket, to a socket here that every `docker` and compose call of this
+//!   command then uses ([`Tunnel::engine`]): the Docker CLI would otherwise open an SSH
+//!   connection of its own for every call (about half a second each, and compose v1 more than
+//!   one per call). The socket's path on the host is what `DOCKER_HOST` says in an SSH session
+//!   there, else `/var/run/docker.sock`; where it cannot be forwarded, the calls go over SSH as
+//!   the Docker CLI does it.
+//!
+//! With `tcp://…` the ports are reached at the host's name; `MLDEPLOY_PUBLIC_HOST` overrides
+//! both.
 
 use std::{
+    path::PathBuf,
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -43,12 +53,29 @@ pub fn port_index(part: crate::runtime::Part, grpc: bool) -> usize {
     }
 }
 
-/// An `ssh -N -L …` child forwarding local ports to the deploy host's published ports; killed
-/// when dropped.
+/// An `ssh -N -L …` child forwarding local ports to the deploy host's published ports (and its
+/// Docker socket); killed when dropped.
 pub struct Tunnel {
     child: std::process::Child,
     /// Local ports, in the order of [`remote_ports`].
     pub local: [u16; PUBLISHED],
+    /// The host's Docker socket, forwarded here, when it could be.
+    pub engine: Option<PathBuf>,
+    /// This tunnel's folder: the control socket and the forwarded engine socket.
+    dir: PathBuf,
+}
+
+/// The variable that keeps the `ssh://` address once `DOCKER_HOST` points at the forwarded
+/// socket (for this process and the ones it starts).
+pub const REMOTE_DOCKER_HOST: &str = "MLDEPLOY_REMOTE_DOCKER_HOST";
+
+/// The remote engine's address: the `ssh://` one this process was given, even after
+/// `DOCKER_HOST` was pointed at the forwarded socket.
+pub fn remote_docker_host() -> Option<String> {
+    std::env::var(REMOTE_DOCKER_HOST)
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("DOCKER_HOST").ok())
 }
 
 /// How long an SSH tunnel may take to come up.
@@ -60,13 +87,17 @@ impl Tunnel {
         if std::env::var("MLDEPLOY_PUBLIC_HOST").is_ok_and(|h| !h.is_empty()) {
             return Ok(None);
         }
-        let Some((dest, port)) = std::env::var("DOCKER_HOST")
-            .ok()
-            .as_deref()
-            .and_then(ssh_target)
-        else {
+        let Some((dest, port)) = remote_docker_host().as_deref().and_then(ssh_target) else {
             return Ok(None);
         };
+        let dir = std::env::temp_dir().join(format!("mldeploy-ssh-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            })
+            .with_context(|| format!("create {}", dir.display()))?;
+        let control = dir.join("control");
         let mut local = [0u16; PUBLISHED];
         for slot in &mut local {
             *slot = std::net::TcpListener::bind("127.0.0.1:0")
@@ -75,7 +106,14 @@ impl Tunnel {
                 .port();
         }
         let forwards: Vec<(u16, u16)> = local.iter().copied().zip(remote_ports(config)).collect();
-        let args = ssh_tunnel_args(&dest, port, &forwards);
+        let mut args = vec![
+            "-M".to_owned(),
+            "-S".to_owned(),
+            control.display().to_string(),
+            "-o".to_owned(),
+            "ControlPersist=no".to_owned(),
+        ];
+        args.extend(ssh_tunnel_args(&dest, port, &forwards));
         let mut child = Command::new("ssh")
             .args(&args)
             .stdin(std::process::Stdio::null())
@@ -100,7 +138,22 @@ impl Tunnel {
                 .is_ok()
             });
             if ready {
-                return Ok(Some(Tunnel { child, local }));
+                let engine = match forward_engine(&dest, port, &control, &dir) {
+                    Ok(socket) => Some(socket),
+                    Err(err) => {
+                        eprintln!(
+                            "note: the host's Docker socket is not forwarded ({err:#}); each \
+                             `docker` call opens an SSH connection of its own"
+                        );
+                        None
+                    }
+                };
+                return Ok(Some(Tunnel {
+                    child,
+                    local,
+                    engine,
+                    dir,
+                }));
             }
             if started.elapsed() > TUNNEL_TIMEOUT {
                 let _ = child.kill();
@@ -120,6 +173,60 @@ impl Drop for Tunnel {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Asks the host (over the tunnel's connection, `-S control`) where its Docker socket is, and
+/// forwards it to `dir/docker.sock`.
+fn forward_engine(
+    dest: &str,
+    port: Option<u16>,
+    control: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<PathBuf> {
+    let ssh = |args: &[&str]| {
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-S").arg(control).args(["-o", "BatchMode=yes"]);
+        if let Some(port) = port {
+            cmd.args(["-p", &port.to_string()]);
+        }
+        cmd.args(args).stdin(std::process::Stdio::null());
+        cmd
+    };
+    let out = ssh(&[dest, "printf '%s' \"${DOCKER_HOST:-}\""])
+        .output()
+        .context("ask the host for its DOCKER_HOST")?;
+    if !out.status.success() {
+        bail!(
+            "`ssh {dest}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let remote = remote_socket(&String::from_utf8_lossy(&out.stdout))?;
+    let local = dir.join("docker.sock");
+    let forward = format!("{}:{remote}", local.display());
+    let out = ssh(&["-O", "forward", "-L", &forward, dest])
+        .output()
+        .context("forward the host's Docker socket")?;
+    if !out.status.success() || !local.exists() {
+        bail!(
+            "forwarding {remote} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(local)
+}
+
+/// The Docker socket's path on the host, from what `DOCKER_HOST` is in an SSH session there.
+pub fn remote_socket(docker_host: &str) -> Result<String> {
+    let docker_host = docker_host.trim();
+    if docker_host.is_empty() {
+        return Ok("/var/run/docker.sock".to_owned());
+    }
+    match docker_host.strip_prefix("unix://") {
+        Some(path) if path.starts_with('/') => Ok(path.to_owned()),
+        _ => bail!("the host's DOCKER_HOST is {docker_host:?}, not a unix socket"),
     }
 }
 
@@ -199,6 +306,17 @@ pub fn docker_host_name(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hosts_socket_is_what_its_docker_host_says_or_the_default() {
+        assert_eq!(remote_socket("").unwrap(), "/var/run/docker.sock");
+        assert_eq!(
+            remote_socket("unix:///run/user/1000/docker.sock\n").unwrap(),
+            "/run/user/1000/docker.sock"
+        );
+        assert!(remote_socket("tcp://10.0.0.1:2375").is_err());
+        assert!(remote_socket("unix://relative.sock").is_err());
+    }
 
     #[test]
     fn ssh_docker_hosts_become_tunnels() {
