@@ -4,6 +4,8 @@
 //!   ports and state directory, so the `local_*` tests run in parallel;
 //! - [`compose`]: a docker compose [`Stack`] with its own project, ports, subnet and image
 //!   name, for the `compose_*` end-to-end tests;
+//! - [`remote`]: a second deploy host, [`remote::DeployHost`]: a network namespace with its own
+//!   Docker engine and sshd, reached with `DOCKER_HOST=ssh://root@<addr>`;
 //! - [`xtask`]: running the real `xtask` binary against a test's own deploy configuration;
 //! - [`http`]: plain HTTP/1.1 over `TcpStream` (no connection pool, no retries) and the
 //!   [`Balancer`] probe that asks which color and version answer through nginx;
@@ -20,6 +22,7 @@ pub mod grpc_load;
 pub mod http;
 pub mod load;
 pub mod local;
+pub mod remote;
 pub mod xtask;
 
 use std::{
