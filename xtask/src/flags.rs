@@ -347,6 +347,10 @@ pub enum BenchTarget {
     /// Client req/s, p50, p99 and max through the balancer with shadow traffic off, at 10 %,
     /// at 100 %, and at 100 % with the standby hung (SIGSTOP), and the copies the standby answered.
     Shadow,
+    /// The compose runtime on a second host over `ssh://` (a network namespace of this machine
+    /// with its own engine and sshd; needs root): `up`, `status` and `switch` wall times, with
+    /// and without the host's agent and the forwarded Docker socket.
+    Remote,
 }
 
 #[derive(Debug, Args)]

@@ -404,7 +404,7 @@ fn tools(sh: &Shell) -> Result<Tools> {
 }
 
 /// Every subnet the engine's networks use, separated by whitespace.
-fn used_subnets(sh: &Shell) -> Result<String> {
+pub(super) fn used_subnets(sh: &Shell) -> Result<String> {
     let networks = cmd!(sh, "docker network ls --quiet")
         .quiet()
         .read()
@@ -418,7 +418,7 @@ fn used_subnets(sh: &Shell) -> Result<String> {
 }
 
 /// The first `172.30.<100-149>.0/24` not in `used`.
-fn free_subnet(used: &str) -> Option<String> {
+pub(super) fn free_subnet(used: &str) -> Option<String> {
     SUBNET_OCTETS
         .map(|octet| format!("172.30.{octet}.0/24"))
         .find(|subnet| !used.split_whitespace().any(|u| u == subnet))

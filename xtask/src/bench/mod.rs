@@ -11,7 +11,9 @@
 //! - `bench grpc`: gRPC unary `Predict` direct and through nginx against HTTP/JSON in the same
 //!   run, and failed RPCs while switching;
 //! - `bench shadow`: client req/s and latency through the balancer with the mirror off, at
-//!   10 % and 100 %, and at 100 % with the standby hung.
+//!   10 % and 100 %, and at 100 % with the standby hung;
+//! - `bench remote`: the compose runtime on a second host over `ssh://`, with and without the
+//!   host's agent and the forwarded Docker socket.
 //!
 //! `wrk` runs the load for the first three and `shadow` (`hang` has its own client, which
 //! waits for answers; `grpc` its own tonic client for the gRPC side, wrk for the HTTP side);
@@ -20,6 +22,7 @@
 mod compose;
 mod grpc;
 mod hang;
+mod remote;
 mod report;
 mod service;
 mod service_nginx;
@@ -45,6 +48,7 @@ impl flags::Bench {
             BenchTarget::Hang => hang::run(sh, global, &self),
             BenchTarget::Grpc => grpc::run(sh, global, &self),
             BenchTarget::Shadow => shadow::run(sh, global, &self),
+            BenchTarget::Remote => remote::run(sh, global, &self),
         }
     }
 }

@@ -5,8 +5,8 @@
 //!   command then uses ([`Tunnel::engine`]): the Docker CLI would otherwise open an SSH
 //!   connection of its own for every call (about half a second each, and compose v1 more than
 //!   one per call). The socket's path on the host is what `DOCKER_HOST` says in an SSH session
-//!   there, else `/var/run/docker.sock`; where it cannot be forwarded, the calls go over SSH as
-//!   the Docker CLI does it.
+//!   there, else `/var/run/docker.sock`; where it cannot be forwarded (or with
+//!   `MLDEPLOY_ENGINE_TUNNEL=off`), the calls go over SSH as the Docker CLI does it.
 //!
 //! With `tcp://…` the ports are reached at the host's name; `MLDEPLOY_PUBLIC_HOST` overrides
 //! both.
@@ -139,6 +139,7 @@ impl Tunnel {
             });
             if ready {
                 let engine = match forward_engine(&dest, port, &control, &dir) {
+                    _ if engine_tunnel_disabled() => None,
                     Ok(socket) => Some(socket),
                     Err(err) => {
                         eprintln!(
@@ -175,6 +176,12 @@ impl Drop for Tunnel {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `MLDEPLOY_ENGINE_TUNNEL=off`: leave the Docker socket alone, so each `docker` call opens an
+/// SSH connection of its own (for comparison).
+fn engine_tunnel_disabled() -> bool {
+    std::env::var("MLDEPLOY_ENGINE_TUNNEL").is_ok_and(|v| v.eq_ignore_ascii_case("off"))
 }
 
 /// Asks the host (over the tunnel's connection, `-S control`) where its Docker socket is, and
