@@ -37,7 +37,7 @@ impl DeployHost {
         fs::write(
             n.path("sshd_config"),
             format!(
-                "# The sshd of the test deploy host {name} (xtask/tests/common/remote.rs).\n\
+                "# The sshd of the test deploy host {name} (the testhost crate).\n\
                  ListenAddress {addr}:22\n\
                  HostKey {d}/ssh_host_ed25519_key\n\
                  PidFile {d}/sshd.pid\n\
@@ -104,7 +104,7 @@ impl DeployHost {
         let n = &self.names;
         let d = n.dir.display();
         format!(
-            "{begin} the test deploy host of process {pid}, removed by xtask/tests/common/remote.rs\n\
+            "{begin} the test deploy host of process {pid}, removed by the testhost crate\n\
              Host {addr}\n\
              \x20   User root\n\
              \x20   IdentityFile {d}/id_ed25519\n\

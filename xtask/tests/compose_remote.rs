@@ -1,7 +1,7 @@
 //! The compose runtime against a second deploy host reached over SSH, as an operator deploys
 //! to a remote machine: `DOCKER_HOST=ssh://root@<addr>`.
 //!
-//! The host is a [`DeployHost`] (`common/remote.rs`): a network namespace of this machine
+//! The host is a [`DeployHost`] (the `testhost` crate): a network namespace of this machine
 //! with its own `dockerd` and `sshd`, a key and a host key made for the run, and a block in
 //! root's `~/.ssh/config`. It needs root, a Docker engine here (its images are copied over)
 //! and the Debian packages `iproute2`, `openssh-server`, `openssh-client` and

@@ -1,7 +1,7 @@
 //! The whole deployment on a second host reached over SSH, as an operator would run it from a
 //! laptop: `DOCKER_HOST=ssh://root@<host>`, no state here, no registry.
 //!
-//! The host is a [`DeployHost`] (`common/remote.rs`): a network namespace of this machine with
+//! The host is a [`DeployHost`] (the `testhost` crate): a network namespace of this machine with
 //! its own `dockerd` and `sshd`. Steps of [`a_deployment_on_a_second_host_over_ssh`]:
 //! 1. `up` from nothing: the images reach the host over the same connection (copied from this
 //!    machine's engine, or built against the host's), then `smoke`;
