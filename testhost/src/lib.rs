@@ -56,12 +56,12 @@ use std::{
 
 /// Whether CI requires Docker (`MLDEPLOY_REQUIRE_DOCKER=1`): a host that cannot be made is
 /// then a failure, not a skip.
-fn docker_required() -> bool {
+pub fn docker_required() -> bool {
     std::env::var("MLDEPLOY_REQUIRE_DOCKER").as_deref() == Ok("1")
 }
 
 /// A command's exit status and output, for messages.
-fn describe(out: &Output) -> String {
+pub fn describe(out: &Output) -> String {
     format!(
         "exit: {}\n--- stdout\n{}--- stderr\n{}",
         out.status,
@@ -71,7 +71,7 @@ fn describe(out: &Output) -> String {
 }
 
 /// Polls `f` every 10 ms until it holds or `timeout` passes; whether it held.
-fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if f() {

@@ -157,18 +157,31 @@ fn status_and_smoke_report_grpc_and_a_gate_refuses_a_color_without_grpc() {
 
     // Green answers HTTP but nothing answers on its gRPC port: the switch is refused.
     d.kill("green");
-    let mut http_only = Command::new(common::service_bin())
-        .env("MODEL_PATH", common::project_root().join("models/v1.1.0"))
-        .env("MODEL_VERSION", "v1.1.0")
-        .env("HOST", "127.0.0.1")
-        .env("PORT", d.ports[2].to_string())
-        // Its gRPC port is elsewhere: green's configured gRPC port stays closed.
-        .env("GRPC_PORT", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let spawn = || {
+        Command::new(common::service_bin())
+            .env("MODEL_PATH", common::project_root().join("models/v1.1.0"))
+            .env("MODEL_VERSION", "v1.1.0")
+            .env("HOST", "127.0.0.1")
+            .env("PORT", d.ports[2].to_string())
+            // Its gRPC port is elsewhere: green's configured gRPC port stays closed.
+            .env("GRPC_PORT", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Started again if it exits (its port not free yet on a busy machine), with what it said.
+    let mut http_only = spawn();
+    let mut said = String::new();
     common::wait_until("green answers HTTP", || {
+        if let Ok(Some(_)) = http_only.try_wait() {
+            said.clear();
+            if let Some(mut err) = http_only.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut err, &mut said);
+            }
+            println!("the HTTP-only green exited, started again: {said}");
+            http_only = spawn();
+        }
         common::http::get(&d.color_addr("green"), "/health").is_ok()
     });
     let out = d.fails(&["switch", "--to", "green"]);

@@ -108,7 +108,6 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
         private.subnet
     );
     let stack = Stack {
-        sh,
         exe,
         config: config_path,
         dir,
@@ -133,14 +132,13 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
 }
 
 /// The benchmark's own deployment: `down` and the folder's removal when dropped.
-struct Stack<'a> {
-    sh: &'a Shell,
+struct Stack {
     exe: PathBuf,
     config: PathBuf,
     dir: PathBuf,
 }
 
-impl Stack<'_> {
+impl Stack {
     /// Runs `xtask --runtime compose --config <private> <args>`; returns its wall time in
     /// seconds.
     fn xtask(&self, args: &[&str]) -> Result<f64> {
@@ -149,28 +147,11 @@ impl Stack<'_> {
 
     /// [`Stack::xtask`] with extra environment variables.
     fn xtask_with(&self, args: &[&str], env: &[(&str, &str)]) -> Result<f64> {
-        let (sh, exe, config) = (self.sh, &self.exe, &self.config);
-        let _env: Vec<_> = env.iter().map(|(k, v)| sh.push_env(k, v)).collect();
-        let t = Instant::now();
-        let out = cmd!(sh, "{exe} --runtime compose --config {config} {args...}")
-            .quiet()
-            .ignore_status()
-            .output()
-            .with_context(|| format!("run xtask {}", args.join(" ")))?;
-        let secs = t.elapsed().as_secs_f64();
-        if !out.status.success() {
-            bail!(
-                "`cargo xtask {}` failed:\n{}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(secs)
+        super::run_compose_xtask(&self.exe, &self.config, args, &[], env)
     }
 }
 
-impl Drop for Stack<'_> {
+impl Drop for Stack {
     fn drop(&mut self) {
         crate::say!("bench compose: down…");
         if let Err(err) = self.xtask(&["down"]) {
@@ -216,7 +197,7 @@ struct Numbers {
 
 fn measure(
     sh: &Shell,
-    stack: &Stack<'_>,
+    stack: &Stack,
     config: &config::DeployConfig,
     private: &Private,
     bench: &flags::Bench,
@@ -287,7 +268,7 @@ fn measure(
 }
 
 /// Runs `ops` one after the other, spread over at least `over`; returns each one's wall time.
-fn operate(stack: &Stack<'_>, ops: &[Op], over: Duration) -> Result<Vec<f64>> {
+fn operate(stack: &Stack, ops: &[Op], over: Duration) -> Result<Vec<f64>> {
     thread::sleep(MARGIN);
     let spread = over.saturating_sub(2 * MARGIN) / ops.len() as u32;
     let mut times = Vec::new();

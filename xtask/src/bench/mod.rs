@@ -32,7 +32,11 @@ mod timeline;
 mod timeline_svg;
 mod wrk;
 
-use std::{fs, path::PathBuf};
+use std::{
+    ffi::OsString,
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 use xshell::Shell;
@@ -51,6 +55,37 @@ impl flags::Bench {
             BenchTarget::Remote => remote::run(sh, global, &self),
         }
     }
+}
+
+/// Runs `exe` (a benchmark's private copy of this binary) as `--runtime compose --config
+/// <config> <args>`, with `env` and then `extra` on top of this process's environment; returns
+/// its wall time in seconds, or fails with what it printed.
+pub(crate) fn run_compose_xtask(
+    exe: &Path,
+    config: &Path,
+    args: &[&str],
+    env: &[(&str, OsString)],
+    extra: &[(&str, &str)],
+) -> Result<f64> {
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(exe)
+        .args(["--runtime", "compose", "--config"])
+        .arg(config)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .envs(extra.iter().copied())
+        .output()
+        .with_context(|| format!("run xtask {}", args.join(" ")))?;
+    let secs = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        anyhow::bail!(
+            "`cargo xtask {}` failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(secs)
 }
 
 /// `up` with the deploy configuration's versions and the rendered nginx config.

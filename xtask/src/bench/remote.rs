@@ -18,7 +18,7 @@
 //! 5. `down`, remove the host, print the section and write it under "A remote host over SSH"
 //!    in `docs/benchmarks.md`.
 
-use std::{ffi::OsString, fs, path::PathBuf, process::Command, time::Instant};
+use std::{ffi::OsString, fs, path::PathBuf};
 
 use anyhow::{bail, Context, Result};
 use xshell::Shell;
@@ -109,25 +109,7 @@ struct Xtask {
 impl Xtask {
     /// Runs `args` with `env` on top of the host's; its wall time in seconds.
     fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Result<f64> {
-        let started = Instant::now();
-        let out = Command::new(&self.exe)
-            .args(["--runtime", "compose", "--config"])
-            .arg(&self.config)
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .envs(env.iter().copied())
-            .output()
-            .with_context(|| format!("run xtask {}", args.join(" ")))?;
-        let secs = started.elapsed().as_secs_f64();
-        if !out.status.success() {
-            bail!(
-                "`cargo xtask {}` failed:\n{}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(secs)
+        super::run_compose_xtask(&self.exe, &self.config, args, &self.env, env)
     }
 }
 

@@ -10,6 +10,7 @@
 use std::fmt::Write as _;
 
 use super::timeline::{Bucket, Timeline};
+use crate::domain::text::{thousands, xml_escape as esc};
 
 /// The chart's size and its plot's frame, in SVG user units.
 const WIDTH: f64 = 760.0;
@@ -269,36 +270,6 @@ fn scale(peak: f64) -> (f64, f64) {
         }
         magnitude *= 10.0;
     }
-}
-
-/// `12345` as `12 345`, as in the shadow report.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(' ');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Text safe inside SVG (XML) text and attributes.
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out += "&amp;",
-            '<' => out += "&lt;",
-            '>' => out += "&gt;",
-            '"' => out += "&quot;",
-            '\'' => out += "&#39;",
-            c if c.is_control() => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod routes;
 pub mod shadow;
 pub mod shadow_render;
 mod state;
+pub mod text;
 
 use std::fmt;
 

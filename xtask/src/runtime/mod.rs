@@ -103,12 +103,7 @@ pub trait HostDir {
     /// The last line of file `rel`, `None` when it is missing or empty (the operation log's
     /// newest record, without reading the whole log over a slow connection).
     fn last_line(&self, rel: &str) -> Result<Option<String>> {
-        Ok(self.read(rel)?.and_then(|text| {
-            text.lines()
-                .rev()
-                .find(|line| !line.trim().is_empty())
-                .map(str::to_owned)
-        }))
+        Ok(self.read(rel)?.as_deref().and_then(last_line_of))
     }
     /// While the lock is held: `line` (an operation-log record) is what the host appends to
     /// `log`, marked interrupted, if this process's connection to the host ends before the
@@ -117,6 +112,14 @@ pub trait HostDir {
     fn on_interrupt(&self, _log: &str, _line: &str) -> Result<()> {
         Ok(())
     }
+}
+
+/// The last non-empty line of `text`.
+pub fn last_line_of(text: &str) -> Option<String> {
+    text.lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .map(str::to_owned)
 }
 
 /// The recorded deploy state, relative to the host state directory: writing it commits an

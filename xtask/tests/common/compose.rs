@@ -39,9 +39,7 @@ pub fn engine_available() -> bool {
 }
 
 /// Whether CI requires Docker: skipping for want of it is then a failure.
-pub fn docker_required() -> bool {
-    std::env::var("MLDEPLOY_REQUIRE_DOCKER").as_deref() == Ok("1")
-}
+pub use testhost::docker_required;
 
 /// One compose deployment of the tests, brought down when dropped.
 pub struct Stack {

@@ -40,6 +40,8 @@ pub use grpc_load::{under_grpc_load, GrpcLoad, GrpcTally};
 pub use http::Balancer;
 pub use load::{Load, Planned, Tally, Workload};
 pub use local::{service_bin, Deployment};
+/// A command's output for messages; polling with a deadline (shared with the deploy host).
+pub use testhost::{describe, poll_until};
 
 /// The workspace root (the xtask binary runs there, as `cargo xtask` does).
 pub fn project_root() -> PathBuf {
@@ -90,16 +92,6 @@ pub fn free_ports<const N: usize>(range: Range<u16>) -> [u16; N] {
     ports
 }
 
-/// A command's exit status and both its outputs, for assertion messages.
-pub fn describe(out: &Output) -> String {
-    format!(
-        "exit: {}\n--- stdout\n{}--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Runs `cmd`, asserts it succeeded (else panics with `what` and its output); its output.
 pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
     let out = cmd
@@ -112,20 +104,6 @@ pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
 /// Whether `cmd` runs and exits successfully (a probe: its output is dropped).
 pub fn runs_ok(cmd: &mut Command) -> bool {
     cmd.output().is_ok_and(|o| o.status.success())
-}
-
-/// Polls `f` every 10 ms until it holds or `timeout` passed; whether it held.
-pub fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Polls `f` until it holds; panics after 30 s.

@@ -2,6 +2,7 @@
 //! one-line summary for the operation log, and the number formats every rendering shares.
 
 use super::*;
+pub use crate::domain::text::thousands;
 
 /// Passes when at least one row was compared and the class agreement is at least
 /// `min_agreement` (a fraction, 0..1). The point estimate is compared, not the interval: the
@@ -122,17 +123,4 @@ pub fn prob(p: f64) -> String {
     } else {
         format!("{p:.4}")
     }
-}
-
-/// `n` with its thousands separated by spaces ("1 234"), as the reports print counts.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(' ');
-        }
-        out.push(digit);
-    }
-    out
 }

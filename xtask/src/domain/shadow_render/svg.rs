@@ -2,6 +2,7 @@
 //! histogram of per-row probability differences, as a self-contained SVG.
 
 use super::*;
+use crate::domain::text::xml_escape as esc;
 
 /// The chart's size and its two plots' frames, in SVG user units.
 const WIDTH: f64 = 720.0;
@@ -199,21 +200,4 @@ pub(super) fn scale(most: u64) -> (u64, u64) {
         }
         magnitude *= 10;
     }
-}
-
-/// Text safe inside SVG (XML) text and attributes.
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out += "&amp;",
-            '<' => out += "&lt;",
-            '>' => out += "&gt;",
-            '"' => out += "&quot;",
-            '\'' => out += "&#39;",
-            c if c.is_control() => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
 }

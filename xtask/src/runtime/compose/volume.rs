@@ -215,12 +215,10 @@ impl HostDir for Compose {
         if let Some(answer) = self.via_agent(json!({"op": "last_line", "rel": rel}))? {
             return Ok(answer["line"].as_str().map(str::to_owned));
         }
-        Ok(self.read(rel)?.and_then(|text| {
-            text.lines()
-                .rev()
-                .find(|line| !line.trim().is_empty())
-                .map(str::to_owned)
-        }))
+        Ok(self
+            .read(rel)?
+            .as_deref()
+            .and_then(crate::runtime::last_line_of))
     }
 
     fn on_interrupt(&self, log: &str, line: &str) -> Result<()> {
