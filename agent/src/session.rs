@@ -80,10 +80,14 @@ pub enum Request {
         guard_link: Option<String>,
         commit_file: Option<String>,
     },
-    /// The operation-log line (JSON) to append to `log` if the session ends with the lock held.
+    /// The operation-log line (JSON) to append to `log` if the session ends with the lock held:
+    /// `line` as the operation found the host, and `kept`, once it has moved traffic, as it
+    /// left it (used when the new route is kept because its state was recorded).
     OnAbort {
         log: String,
         line: String,
+        #[serde(default)]
+        kept: Option<String>,
     },
     Unlock,
 }
@@ -97,7 +101,10 @@ struct Held {
     found: Option<String>,
     /// The guarded link was swapped after the commit file was last written.
     uncommitted: bool,
-    abort: Option<(String, String)>,
+    /// The guarded link was swapped at all while the lock was held.
+    swapped: bool,
+    /// The log, the line as found, the line as left.
+    abort: Option<(String, String, Option<String>)>,
 }
 
 struct Session {
@@ -190,6 +197,7 @@ impl Session {
                 if let (Ok(()), Some(held)) = (&result, &mut self.held) {
                     if held.guard_link.as_deref() == Some(link.as_str()) {
                         held.uncommitted = true;
+                        held.swapped = true;
                     }
                 }
                 result.map(|()| ok(json!({})))
@@ -221,9 +229,9 @@ impl Session {
                     commit_file,
                 )
             }
-            Request::OnAbort { log, line } => match &mut self.held {
+            Request::OnAbort { log, line, kept } => match &mut self.held {
                 Some(held) => {
-                    held.abort = Some((log, line));
+                    held.abort = Some((log, line, kept));
                     Ok(ok(json!({})))
                 }
                 None => return failed("request", "on_abort needs the lock"),
@@ -304,6 +312,7 @@ impl Session {
             commit_file,
             found,
             uncommitted: false,
+            swapped: false,
             abort: None,
         });
         ok(json!({ "broke_stale": broke }))
@@ -337,7 +346,12 @@ impl Session {
             _ => "found nothing to undo (the route was not changed, or the new state was recorded)"
                 .to_owned(),
         };
-        if let Some((log, line)) = &held.abort {
+        if let Some((log, line, kept)) = &held.abort {
+            // The new route stays when it was swapped and its state recorded: log it as left.
+            let line = match kept {
+                Some(kept) if held.swapped && !held.uncommitted => kept,
+                _ => line,
+            };
             let mut record: Value = serde_json::from_str(line).unwrap_or_else(|_| json!({}));
             if let Value::Object(fields) = &mut record {
                 fields.insert("result".into(), json!("interrupted"));
@@ -453,7 +467,8 @@ mod tests {
             &root,
             &[
                 lock(),
-                json!({"op":"on_abort","log":"operations.jsonl","line":line}),
+                json!({"op":"on_abort","log":"operations.jsonl","line":line,
+                       "kept":"{\"operation\":\"as left, unused when put back\"}"}),
                 json!({"op":"install_dir","rel":"routes/gen-2","files":["0"]}),
                 json!({"op":"swap_link","link":"routes/current","target":"gen-2"}),
             ],
@@ -489,7 +504,8 @@ mod tests {
             &root,
             &[
                 lock(),
-                json!({"op":"on_abort","log":"operations.jsonl","line":"{}"}),
+                json!({"op":"on_abort","log":"operations.jsonl","line":"{\"generation\":1}",
+                       "kept":"{\"generation\":2}"}),
                 json!({"op":"install_dir","rel":"routes/gen-2","files":["0"]}),
                 json!({"op":"swap_link","link":"routes/current","target":"gen-2"}),
                 json!({"op":"write","rel":"state.json","contents":"{\"generation\":2}"}),

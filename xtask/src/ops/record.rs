@@ -37,6 +37,8 @@ pub struct Recorder<'a> {
     ctx: &'a Deployment,
     op: Operation,
     start: Instant,
+    /// The record of the host as the operation found it, for [`Recorder::tell_host`].
+    found: Option<String>,
 }
 
 impl<'a> Recorder<'a> {
@@ -48,7 +50,7 @@ impl<'a> Recorder<'a> {
         live: &Live,
         versions: &BTreeMap<Color, String>,
     ) -> Recorder<'a> {
-        let recorder = Recorder {
+        let mut recorder = Recorder {
             ctx,
             op: Operation {
                 time: now_rfc3339(),
@@ -64,17 +66,29 @@ impl<'a> Recorder<'a> {
                 reason: None,
             },
             start: Instant::now(),
+            found: None,
         };
-        // What the host logs if this process's connection to it ends mid-operation.
-        let interrupted = serde_json::to_string(&recorder.op)
-            .map_err(anyhow::Error::from)
-            .and_then(|line| ctx.rt.host().on_interrupt(super::OPERATIONS_FILE, &line));
-        if let Err(err) = interrupted {
+        recorder.found = serde_json::to_string(&recorder.op).ok();
+        recorder.tell_host(None);
+        recorder
+    }
+
+    /// Tells the host what to log if this process's connection to it ends mid-operation: the
+    /// record as found, and `moved` (the record now) for when the host keeps the new route.
+    fn tell_host(&self, moved: Option<&str>) {
+        let Some(found) = &self.found else {
+            return;
+        };
+        let told = self
+            .ctx
+            .rt
+            .host()
+            .on_interrupt(super::OPERATIONS_FILE, found, moved);
+        if let Err(err) = told {
             eprintln!(
                 "warning: the host cannot log this operation if the connection drops: {err:#}"
             );
         }
-        recorder
     }
 
     /// The split the operation aims at.
@@ -86,6 +100,9 @@ impl<'a> Recorder<'a> {
     pub fn moved(&mut self, split: Split, generation: u64) {
         self.op.split = split;
         self.op.generation = generation;
+        if let Ok(moved) = serde_json::to_string(&self.op) {
+            self.tell_host(Some(&moved));
+        }
     }
 
     /// The versions the colors serve when the operation ends.

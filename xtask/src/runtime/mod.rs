@@ -105,11 +105,12 @@ pub trait HostDir {
     fn last_line(&self, rel: &str) -> Result<Option<String>> {
         Ok(self.read(rel)?.as_deref().and_then(last_line_of))
     }
-    /// While the lock is held: `line` (an operation-log record) is what the host appends to
-    /// `log`, marked interrupted, if this process's connection to the host ends before the
-    /// lock is released. Runtimes whose host is this machine keep the default: a crash here
-    /// leaves the lock to its time-out, as before.
-    fn on_interrupt(&self, _log: &str, _line: &str) -> Result<()> {
+    /// While the lock is held: what the host appends to `log`, marked interrupted, if this
+    /// process's connection to it ends before the lock is released: `found`, an operation-log
+    /// record of the host as the operation found it, or `moved`, the record once traffic moved,
+    /// when the host keeps the new route (its state was recorded). Runtimes whose host is this
+    /// machine keep the default: a crash here leaves the lock to its time-out, as before.
+    fn on_interrupt(&self, _log: &str, _found: &str, _moved: Option<&str>) -> Result<()> {
         Ok(())
     }
 }

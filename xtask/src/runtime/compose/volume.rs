@@ -221,9 +221,10 @@ impl HostDir for Compose {
             .and_then(crate::runtime::last_line_of))
     }
 
-    fn on_interrupt(&self, log: &str, line: &str) -> Result<()> {
+    fn on_interrupt(&self, log: &str, found: &str, moved: Option<&str>) -> Result<()> {
         state_path(log)?;
-        self.via_agent(json!({"op": "on_abort", "log": log, "line": line}))?;
+        let request = json!({"op": "on_abort", "log": log, "line": found, "kept": moved});
+        self.via_agent(request)?;
         Ok(())
     }
 
