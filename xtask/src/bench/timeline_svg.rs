@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 
 use super::timeline::{Bucket, Timeline};
-use crate::domain::text::{thousands, xml_escape as esc};
+use crate::domain::text::{svg_start, thousands, xml_escape as esc};
 
 /// The chart's size and its plot's frame, in SVG user units.
 const WIDTH: f64 = 760.0;
@@ -40,14 +40,7 @@ pub fn svg(t: &Timeline) -> String {
     let y_of = |rate: f64| PLOT_BOTTOM - (rate / top).clamp(0.0, 1.0) * (PLOT_BOTTOM - PLOT_TOP);
 
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="11">"##
-    );
-    let _ = writeln!(
-        out,
-        r##"<rect width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>"##
-    );
+    out += &svg_start(WIDTH, HEIGHT);
     let totals = &t.totals;
     let _ = writeln!(
         out,

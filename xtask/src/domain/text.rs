@@ -14,6 +14,16 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// The opening of a `width` × `height` SVG chart on a white background, in the charts'
+/// generic font (the shadow report's and the benchmarks').
+pub fn svg_start(width: f64, height: f64) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+         viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <rect width=\"{width}\" height=\"{height}\" fill=\"#ffffff\"/>\n"
+    )
+}
+
 /// Text safe inside SVG (XML) text and attributes; control characters become spaces.
 pub fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -41,6 +51,15 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1 000");
         assert_eq!(thousands(1234567), "1 234 567");
+    }
+
+    #[test]
+    fn a_chart_starts_with_its_size_on_white() {
+        assert_eq!(
+            svg_start(720.0, 330.0),
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"720\" height=\"330\" viewBox=\"0 0 720 330\" \
+             font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"720\" height=\"330\" fill=\"#ffffff\"/>\n"
+        );
     }
 
     #[test]

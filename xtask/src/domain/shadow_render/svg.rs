@@ -2,7 +2,7 @@
 //! histogram of per-row probability differences, as a self-contained SVG.
 
 use super::*;
-use crate::domain::text::xml_escape as esc;
+use crate::domain::text::{svg_start, xml_escape as esc};
 
 /// The chart's size and its two plots' frames, in SVG user units.
 const WIDTH: f64 = 720.0;
@@ -20,14 +20,7 @@ const HIST_RIGHT: f64 = 700.0;
 /// gives the same bytes.
 pub fn svg(a: &Analysis) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="11">"##
-    );
-    let _ = writeln!(
-        out,
-        r##"<rect width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>"##
-    );
+    out += &svg_start(WIDTH, HEIGHT);
     let _ = writeln!(
         out,
         r##"<text x="20" y="26" font-size="14" font-weight="bold">{}</text>"##,
