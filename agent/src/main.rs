@@ -11,9 +11,13 @@
 //! operation had swapped it without recording the new state, logs what it did, and releases
 //! the lock. A lock whose agent died with its container is recognised as stale by the next one.
 //!
+//! `mldeploy-agent connect <host:port>` relays one TCP connection over stdin and stdout
+//! ([`relay`]), so the swarm runtime reaches each replica from the balancer's networks.
+//!
 //! `mldeploy-agent --version` prints the protocol version the deploy tool checks.
 
 mod ops;
+mod relay;
 mod session;
 
 use std::{io, path::PathBuf, process::ExitCode};
@@ -41,8 +45,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        ["connect", target] => match relay::connect(target) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("mldeploy-agent: connect {target}: {err}");
+                ExitCode::FAILURE
+            }
+        },
         _ => {
-            eprintln!("usage: mldeploy-agent serve <state dir> | mldeploy-agent --version");
+            eprintln!(
+                "usage: mldeploy-agent serve <state dir> | mldeploy-agent connect <host:port> | mldeploy-agent --version"
+            );
             ExitCode::from(2)
         }
     }

@@ -37,6 +37,11 @@ pub mod defaults {
     pub const COMPOSE_IMAGE: &str = "ml-service";
     pub const COMPOSE_NGINX_IMAGE: &str = "nginx:1.27";
     pub const COMPOSE_SUBNET: &str = "172.30.77.0/24";
+    /// Replicas per color on a swarm.
+    pub const SWARM_REPLICAS: u32 = 3;
+    /// Each color's overlay network on a swarm (its replicas' addresses tell the colors apart).
+    pub const SWARM_BLUE_SUBNET: &str = "10.77.11.0/24";
+    pub const SWARM_GREEN_SUBNET: &str = "10.77.12.0/24";
     /// How long nginx's mirror waits for the standby's answer to a shadow copy.
     pub const SHADOW_TIMEOUT_MS: u64 = 200;
     pub const LOCAL_MODELS_DIR: &str = "models";
@@ -56,6 +61,7 @@ pub struct DeployConfig {
     pub green: ColorConfig,
     pub local: Local,
     pub compose: Compose,
+    pub swarm: Swarm,
     pub timeouts: Timeouts,
     pub testers: Testers,
     pub shadow: Shadow,
@@ -112,6 +118,37 @@ pub struct Compose {
     pub image: String,
     pub nginx_image: String,
     pub subnet: String,
+}
+
+/// `[swarm]`: the swarm runtime. The stack takes `compose.project`'s name and images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swarm {
+    /// Replicas per color (`up --replicas` overrides it; `scale` changes one color's).
+    pub replicas: u32,
+    /// How the balancer finds a color's replicas: `dnsrr` (Docker's DNS answers every task's
+    /// address; nginx resolves them per request) or `vip` (one virtual IP per color, balanced
+    /// by the kernel's IPVS, which not every kernel has).
+    pub endpoint_mode: EndpointMode,
+    /// Blue's overlay network (a /16 or /24): nginx tells the colors apart by these addresses.
+    pub blue_subnet: String,
+    /// Green's overlay network.
+    pub green_subnet: String,
+}
+
+/// How swarm exposes a color's replicas to the balancer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointMode {
+    Dnsrr,
+    Vip,
+}
+
+impl EndpointMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointMode::Dnsrr => "dnsrr",
+            EndpointMode::Vip => "vip",
+        }
+    }
 }
 
 /// `[testers]`: a request naming a color in a header or a cookie reaches that color whatever
@@ -187,6 +224,12 @@ impl Default for DeployConfig {
                 image: COMPOSE_IMAGE.into(),
                 nginx_image: COMPOSE_NGINX_IMAGE.into(),
                 subnet: COMPOSE_SUBNET.into(),
+            },
+            swarm: Swarm {
+                replicas: SWARM_REPLICAS,
+                endpoint_mode: EndpointMode::Dnsrr,
+                blue_subnet: SWARM_BLUE_SUBNET.into(),
+                green_subnet: SWARM_GREEN_SUBNET.into(),
             },
             timeouts: Timeouts {
                 healthy: Duration::from_secs(HEALTHY_SECS),
@@ -273,6 +316,23 @@ pub fn parse(text: &str) -> Result<DeployConfig> {
             nginx_image: string(&doc, "compose", "nginx_image", &d.compose.nginx_image)?,
             subnet: string(&doc, "compose", "subnet", &d.compose.subnet)?,
         },
+        swarm: Swarm {
+            replicas: int(
+                &doc,
+                "swarm",
+                "replicas",
+                d.swarm.replicas.into(),
+                1,
+                MAX_REPLICAS.into(),
+            )? as u32,
+            endpoint_mode: match string(&doc, "swarm", "endpoint_mode", "dnsrr")?.as_str() {
+                "dnsrr" => EndpointMode::Dnsrr,
+                "vip" => EndpointMode::Vip,
+                other => bail!("`swarm.endpoint_mode` is `{other}`: use `dnsrr` or `vip`"),
+            },
+            blue_subnet: subnet(&doc, "blue_subnet", &d.swarm.blue_subnet)?,
+            green_subnet: subnet(&doc, "green_subnet", &d.swarm.green_subnet)?,
+        },
         timeouts: Timeouts {
             healthy: Duration::from_secs(int(
                 &doc,
@@ -323,7 +383,36 @@ pub fn parse(text: &str) -> Result<DeployConfig> {
             }
         }
     }
+    if config.swarm.blue_subnet == config.swarm.green_subnet {
+        bail!("`swarm.blue_subnet` and `swarm.green_subnet` are the same: the balancer tells the colors apart by their addresses");
+    }
     Ok(config)
+}
+
+/// The most replicas per color `[swarm] replicas` and `scale` accept.
+pub const MAX_REPLICAS: u32 = 64;
+
+/// A swarm subnet: an IPv4 network on an octet boundary (`/8`, `/16` or `/24`).
+fn subnet(doc: &DocumentMut, key: &str, default: &str) -> Result<String> {
+    let value = string(doc, "swarm", key, default)?;
+    if subnet_prefix(&value).is_none() {
+        bail!("`swarm.{key}` is `{value}`: give an IPv4 network on an octet boundary, like `10.77.11.0/24`");
+    }
+    Ok(value)
+}
+
+/// The fixed leading octets of `a.b.c.d/8|16|24` (`10.77.11.` for `10.77.11.0/24`).
+pub fn subnet_prefix(subnet: &str) -> Option<String> {
+    let (addr, bits) = subnet.split_once('/')?;
+    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+    let octets = match bits {
+        "8" => 1,
+        "16" => 2,
+        "24" => 3,
+        _ => return None,
+    };
+    let kept: Vec<String> = addr.octets()[..octets].iter().map(u8::to_string).collect();
+    Some(format!("{}.", kept.join(".")))
 }
 
 fn item<'a>(doc: &'a DocumentMut, table: &str, key: &str) -> Result<Option<&'a Item>> {

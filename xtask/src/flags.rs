@@ -22,9 +22,10 @@ pub struct Xtask {
 /// Flags every deployment command understands.
 #[derive(Debug, Clone, Args)]
 pub struct Global {
-    /// Where the colors and nginx run: containers through a Docker engine, or local processes.
-    /// `auto` keeps a running local deployment, else picks compose when a Docker engine
-    /// answers, local otherwise.
+    /// Where the colors and nginx run: containers through a Docker engine (compose), services
+    /// with replicas on a Docker Swarm, or local processes. `auto` keeps a running local
+    /// deployment, else picks swarm when the engine is a swarm manager, compose when a Docker
+    /// engine answers, local otherwise.
     #[arg(long, global = true, value_enum, default_value_t = RuntimeKind::Auto, env = "MLDEPLOY_RUNTIME")]
     pub runtime: RuntimeKind,
     /// The deploy configuration (ports, versions, buckets, images).
@@ -59,6 +60,7 @@ pub enum RuntimeKind {
     Auto,
     Compose,
     Local,
+    Swarm,
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +78,8 @@ pub enum Command {
     Up(Up),
     /// Stop everything this tool started.
     Down(Down),
+    /// Swarm runtime: set a color's replica count (waits until they all run healthy).
+    Scale(Scale),
     /// Show the live deploy state: active color, split, versions and health, recent operations.
     Status(Status),
     /// Move all traffic to the other (or the named) color, after gating it.
@@ -162,6 +166,20 @@ pub struct Up {
     /// (it must keep the routing of `nginx/nginx.conf`). Applied only if `nginx -t` accepts it.
     #[arg(long)]
     pub nginx_conf: Option<PathBuf>,
+    /// Swarm runtime: replicas per color (overrides `[swarm] replicas`; also rescales running
+    /// colors).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=crate::config::MAX_REPLICAS as i64))]
+    pub replicas: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct Scale {
+    /// The color to scale.
+    #[arg(long, value_enum)]
+    pub color: Color,
+    /// How many replicas it runs (each is started healthy before the count is reached).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=crate::config::MAX_REPLICAS as i64))]
+    pub replicas: u32,
 }
 
 #[derive(Debug, Args)]

@@ -50,6 +50,7 @@ fn try_main() -> anyhow::Result<()> {
         flags::Command::Setup(cmd) => cmd.run(&sh, &global),
         flags::Command::Up(cmd) => cmd.run(&sh, &global),
         flags::Command::Down(cmd) => cmd.run(&sh, &global),
+        flags::Command::Scale(cmd) => cmd.run(&sh, &global),
         flags::Command::Status(cmd) => cmd.run(&sh, &global),
         flags::Command::Switch(cmd) => cmd.run(&sh, &global),
         flags::Command::Rollback(cmd) => cmd.run(&sh, &global),

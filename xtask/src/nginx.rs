@@ -63,6 +63,16 @@ pub struct NginxParams {
     pub read_timeout_secs: u64,
     /// Tester routing (`[testers]`), when enabled.
     pub testers: Option<crate::config::Testers>,
+    /// With a DNS server here (a swarm's `127.0.0.11`), the colors' addresses are host names
+    /// resolved **per request** (`resolver … valid=1s`, variables in `proxy_pass`/`grpc_pass`):
+    /// replicas that come, go or move are followed without a reload, and a color with no
+    /// replica does not stop nginx from loading its config. A color whose every address failed
+    /// passes the request to the other color (`error_page` to `@failover`). `None`: static
+    /// `upstream` blocks, resolved when nginx loads its config.
+    pub resolver: Option<String>,
+    /// The address prefixes of each color's replicas (its own network, `10.77.11.`), so that
+    /// `X-Served-By` names the color that answered when its addresses are not known in advance.
+    pub color_prefixes: Vec<(crate::domain::Color, String)>,
 }
 
 /// The header that carries the testers' token.
@@ -107,6 +117,8 @@ impl NginxParams {
             temp_dir: "/tmp/nginx".into(),
             read_timeout_secs: crate::config::defaults::READ_TIMEOUT_SECS,
             testers: None,
+            resolver: None,
+            color_prefixes: Vec::new(),
         }
     }
 }
@@ -138,6 +150,14 @@ pub fn render(p: &NginxParams) -> String {
     let _ = writeln!(w, "    default_type application/octet-stream;");
     let _ = writeln!(w, "    client_max_body_size {MAX_BODY};");
     let _ = writeln!(w, "    keepalive_timeout 65s;");
+    if let Some(resolver) = &p.resolver {
+        let _ = writeln!(
+            w,
+            "    # The colors' replicas, looked up per request (cached 1 s): no reload follows them."
+        );
+        let _ = writeln!(w, "    resolver {resolver} valid=1s ipv6=off;");
+        let _ = writeln!(w, "    resolver_timeout 2s;");
+    }
     for kind in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
         let _ = writeln!(
             w,
@@ -209,13 +229,28 @@ pub fn render(p: &NginxParams) -> String {
             let _ = writeln!(w, "        \"~[| ]{}$\" {color};", regex_escape(addr));
         }
     }
+    for (color, prefix) in &p.color_prefixes {
+        let _ = writeln!(
+            w,
+            "        \"~[| ]{}[0-9.]*:[0-9]+$\" {color};",
+            regex_escape(prefix)
+        );
+    }
     let _ = writeln!(
         w,
         "        \"~^blue\" blue;\n        \"~^green\" green;\n        default \"\";"
     );
     let _ = writeln!(w, "    }}");
     let _ = writeln!(w);
-    for (name, primary, backup) in [("blue", &p.blue, &p.green), ("green", &p.green, &p.blue)] {
+    if p.resolver.is_some() {
+        render_dynamic_maps(w, p);
+    }
+    let upstreams = if p.resolver.is_some() {
+        Vec::new()
+    } else {
+        vec![("blue", &p.blue, &p.green), ("green", &p.green, &p.blue)]
+    };
+    for (name, primary, backup) in upstreams {
         let _ = writeln!(w, "    upstream {name} {{");
         let _ = writeln!(w, "        zone upstream_{name} 64k;");
         let _ = writeln!(w, "        server {primary} max_fails=1 fail_timeout=2s;");
@@ -223,10 +258,15 @@ pub fn render(p: &NginxParams) -> String {
         let _ = writeln!(w, "        keepalive 32;");
         let _ = writeln!(w, "    }}");
     }
-    for (name, primary, backup) in [
-        ("grpc_blue", &p.blue_grpc, &p.green_grpc),
-        ("grpc_green", &p.green_grpc, &p.blue_grpc),
-    ] {
+    let grpc_upstreams = if p.resolver.is_some() {
+        Vec::new()
+    } else {
+        vec![
+            ("grpc_blue", &p.blue_grpc, &p.green_grpc),
+            ("grpc_green", &p.green_grpc, &p.blue_grpc),
+        ]
+    };
+    for (name, primary, backup) in grpc_upstreams {
         let _ = writeln!(w, "    upstream {name} {{");
         let _ = writeln!(w, "        zone upstream_{name} 64k;");
         let _ = writeln!(w, "        server {primary} max_fails=1 fail_timeout=2s;");
@@ -258,6 +298,16 @@ pub fn render(p: &NginxParams) -> String {
     let _ = writeln!(w, "        }}");
     let _ = writeln!(w);
     shadow::render_http(w, p);
+    if p.resolver.is_some() {
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "        # Every address of the routed color failed: the other color answers."
+        );
+        let _ = writeln!(w, "        location @failover {{");
+        render_proxy_to(w, p, "\"\"", "$other_http");
+        let _ = writeln!(w, "        }}");
+    }
     let _ = writeln!(w, "    }}");
     grpc::render_server(w, p);
     shadow::render_sink(w, p);
@@ -268,7 +318,18 @@ pub fn render(p: &NginxParams) -> String {
 /// Proxies to `$color` with failover to the other color and the latency budget; `shadow_id` is
 /// the `X-Shadow-Id` sent upstream (`""`: none, and a client's own is dropped).
 fn render_proxy(w: &mut String, p: &NginxParams, shadow_id: &str) {
-    let _ = writeln!(w, "            proxy_pass http://$color;");
+    if p.resolver.is_some() {
+        render_proxy_to(w, p, shadow_id, "$color_http");
+        let _ = writeln!(w, "            error_page 502 504 = @failover;");
+    } else {
+        render_proxy_to(w, p, shadow_id, "$color");
+    }
+}
+
+/// The proxying of [`render_proxy`] to `target` (an upstream's name, or a `host:port` resolved
+/// per request).
+fn render_proxy_to(w: &mut String, p: &NginxParams, shadow_id: &str, target: &str) {
+    let _ = writeln!(w, "            proxy_pass http://{target};");
     let _ = writeln!(w, "            proxy_http_version 1.1;");
     let _ = writeln!(w, "            proxy_set_header Connection \"\";");
     let _ = writeln!(w, "            proxy_set_header Host $host;");
@@ -295,6 +356,28 @@ fn render_proxy(w: &mut String, p: &NginxParams, shadow_id: &str) {
     );
     let _ = writeln!(w, "            add_header X-Served-By $served_by always;");
     let _ = writeln!(w, "            add_header X-Routed-To $color always;");
+}
+
+/// With per-request resolution: each color's addresses, and the other color's for failover.
+fn render_dynamic_maps(w: &mut String, p: &NginxParams) {
+    let maps = [
+        ("color_http", &p.blue, &p.green),
+        ("other_http", &p.green, &p.blue),
+        ("color_grpc", &p.blue_grpc, &p.green_grpc),
+        ("other_grpc", &p.green_grpc, &p.blue_grpc),
+    ];
+    for (name, blue, green) in maps {
+        let _ = writeln!(
+            w,
+            "    map $color ${name} {{\n        green {};\n        default {};\n    }}",
+            quote(green),
+            quote(blue)
+        );
+    }
+    let _ = writeln!(
+        w,
+        "    map $color $other_color {{\n        green blue;\n        default green;\n    }}"
+    );
 }
 
 /// Picks the request's color: blue unless its bucket is listed in the live route generation,

@@ -109,6 +109,7 @@ fn measure(sh: &Shell, budget: u64, hang: Duration) -> Result<Measured> {
             blue: None,
             green: None,
             nginx_conf: None,
+            replicas: None,
         };
         up.run(sh, &global)?;
         let rendered = fs::read_to_string(dir.join("state/nginx/nginx.conf"))?;
@@ -131,6 +132,7 @@ fn measure(sh: &Shell, budget: u64, hang: Duration) -> Result<Measured> {
         blue: None,
         green: None,
         nginx_conf: conf,
+        replicas: None,
     };
     let result = up
         .run(sh, &global)

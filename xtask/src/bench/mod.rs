@@ -94,6 +94,7 @@ pub(crate) fn up(sh: &Shell, global: &flags::Global) -> Result<()> {
         blue: None,
         green: None,
         nginx_conf: None,
+        replicas: None,
     }
     .run(sh, global)
 }

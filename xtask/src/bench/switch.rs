@@ -337,6 +337,8 @@ impl Bench<'_> {
             temp_dir: s("temp"),
             read_timeout_secs: self.config.balancer.read_timeout.as_secs(),
             testers: None,
+            resolver: None,
+            color_prefixes: Vec::new(),
         };
         let routed = nginx::render(&params);
         let classic = strip_routing(&routed, color)?;

@@ -1,10 +1,12 @@
-//! `cargo xtask up` ([`crate::ops::up`] has the steps) and `cargo xtask down` (stops both
-//! colors and nginx and removes the state the runtime created).
+//! `cargo xtask up` ([`crate::ops::up`] has the steps), `cargo xtask scale` (a color's replica
+//! count, swarm runtime) and `cargo xtask down` (stops both colors and nginx and removes the
+//! state the runtime created).
 
 use anyhow::{Context, Result};
 use xshell::Shell;
 
 use crate::{
+    domain::Color,
     flags,
     ops::{self, up::UpRequest},
 };
@@ -18,7 +20,10 @@ impl flags::Up {
             ),
             None => None,
         };
-        let ctx = ops::Deployment::open(sh, global)?;
+        let mut ctx = ops::Deployment::open(sh, global)?;
+        if let Some(replicas) = self.replicas {
+            ctx.rt.ask_replicas(replicas)?;
+        }
         let _lock = ctx.lock("up")?;
         ops::up::up(
             &ctx,
@@ -27,7 +32,25 @@ impl flags::Up {
                 green: self.green,
                 nginx_conf,
             },
-        )
+        )?;
+        // Colors that already ran as asked were left alone: give them the asked count too.
+        if let Some(replicas) = self.replicas {
+            for color in Color::ALL {
+                ops::scale(&ctx, color, replicas)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl flags::Scale {
+    pub(crate) fn run(self, sh: &Shell, global: &flags::Global) -> Result<()> {
+        let ctx = ops::Deployment::open(sh, global)?;
+        let _lock = ctx.lock(&format!(
+            "scale --color {} --replicas {}",
+            self.color, self.replicas
+        ))?;
+        ops::scale(&ctx, self.color, self.replicas)
     }
 }
 

@@ -45,6 +45,10 @@ pub(super) fn render_server(w: &mut String, p: &NginxParams) {
         "        # The service answers an oversized message with RESOURCE_EXHAUSTED itself."
     );
     let _ = writeln!(w, "        client_max_body_size {MAX_GRPC_BODY};");
+    if p.resolver.is_some() {
+        // The failover location's own error page: a second redirect.
+        let _ = writeln!(w, "        recursive_error_pages on;");
+    }
     let _ = writeln!(w);
     shadow::render_grpc(w, p, |w, shadow_id| render_pass(w, p, shadow_id));
     let _ = writeln!(w, "        location / {{");
@@ -69,13 +73,36 @@ pub(super) fn render_server(w: &mut String, p: &NginxParams) {
     );
     let _ = writeln!(w, "            return 204;");
     let _ = writeln!(w, "        }}");
+    if p.resolver.is_some() {
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "        # Every address of the routed color failed before the call began: the other color."
+        );
+        let _ = writeln!(w, "        location @grpc_failover {{");
+        render_pass_to(w, p, "\"\"", "$other_grpc");
+        let _ = writeln!(w, "            error_page 502 503 504 = @grpc_unavailable;");
+        let _ = writeln!(w, "        }}");
+    }
     let _ = writeln!(w, "    }}");
 }
 /// Passes the call to `grpc_$color` with failover to the other color and the latency budget;
 /// `shadow_id` is the `X-Shadow-Id` sent upstream (`""`: none, and a client's own is dropped).
 fn render_pass(w: &mut String, p: &NginxParams, shadow_id: &str) {
+    if p.resolver.is_some() {
+        render_pass_to(w, p, shadow_id, "$color_grpc");
+        let _ = writeln!(w, "            error_page 502 504 = @grpc_failover;");
+    } else {
+        render_pass_to(w, p, shadow_id, "grpc_$color");
+        let _ = writeln!(w, "            error_page 502 503 504 = @grpc_unavailable;");
+    }
+}
+
+/// The passing of [`render_pass`] to `target` (an upstream's name, or a `host:port` resolved
+/// per request), without its error page.
+fn render_pass_to(w: &mut String, p: &NginxParams, shadow_id: &str, target: &str) {
     let budget = p.read_timeout_secs.max(1);
-    let _ = writeln!(w, "            grpc_pass grpc://grpc_$color;");
+    let _ = writeln!(w, "            grpc_pass grpc://{target};");
     let _ = writeln!(w, "            grpc_set_header X-Request-Id $req_id;");
     let _ = writeln!(w, "            grpc_set_header X-Shadow-Id {shadow_id};");
     let _ = writeln!(w, "            grpc_connect_timeout 1s;");
@@ -97,5 +124,4 @@ fn render_pass(w: &mut String, p: &NginxParams, shadow_id: &str) {
     );
     let _ = writeln!(w, "            add_header X-Served-By $served_by always;");
     let _ = writeln!(w, "            add_header X-Routed-To $color always;");
-    let _ = writeln!(w, "            error_page 502 503 504 = @grpc_unavailable;");
 }

@@ -29,12 +29,33 @@ const GRPC_PREDICTIONS: &str = r"^/(prediction\.PredictionService/(Predict|Predi
 pub(super) fn render_upstreams(w: &mut String, p: &NginxParams) {
     let http_sink = format!("unix:{}", sink(p, "http"));
     let grpc_sink = format!("unix:{}", sink(p, "grpc"));
-    for (name, addr, sink) in [
-        ("shadow_blue", &p.blue, &http_sink),
-        ("shadow_green", &p.green, &http_sink),
-        ("shadow_grpc_blue", &p.blue_grpc, &grpc_sink),
-        ("shadow_grpc_green", &p.green_grpc, &grpc_sink),
-    ] {
+    if p.resolver.is_some() {
+        // Resolved per request like the routes; without an upstream block there is no sink to
+        // fall back to, so a hung standby costs each copy its budget.
+        let _ = writeln!(
+            w,
+            "    map $shadow_to $shadow_http {{\n        green {};\n        default {};\n    }}",
+            quote(&p.green),
+            quote(&p.blue)
+        );
+        let _ = writeln!(
+            w,
+            "    map $shadow_to $shadow_grpc {{\n        green {};\n        default {};\n    }}",
+            quote(&p.green_grpc),
+            quote(&p.blue_grpc)
+        );
+    }
+    let upstreams = if p.resolver.is_some() {
+        Vec::new()
+    } else {
+        vec![
+            ("shadow_blue", &p.blue, &http_sink),
+            ("shadow_green", &p.green, &http_sink),
+            ("shadow_grpc_blue", &p.blue_grpc, &grpc_sink),
+            ("shadow_grpc_green", &p.green_grpc, &grpc_sink),
+        ]
+    };
+    for (name, addr, sink) in upstreams {
         let _ = writeln!(w, "    upstream {name} {{");
         let _ = writeln!(w, "        zone upstream_{name} 64k;");
         let _ = writeln!(w, "        server {addr} max_fails=1 fail_timeout=5s;");
@@ -69,10 +90,12 @@ pub(super) fn render_http(w: &mut String, p: &NginxParams) {
     let _ = writeln!(w, "        }}");
     let _ = writeln!(w);
     render_mirror_head(w);
-    let _ = writeln!(
-        w,
-        "            proxy_pass http://shadow_$shadow_to$request_uri;"
-    );
+    let target = if p.resolver.is_some() {
+        "$shadow_http"
+    } else {
+        "shadow_$shadow_to"
+    };
+    let _ = writeln!(w, "            proxy_pass http://{target}$request_uri;");
     let _ = writeln!(w, "            proxy_http_version 1.1;");
     let _ = writeln!(w, "            proxy_set_header Connection \"\";");
     let _ = writeln!(w, "            proxy_set_header Host $host;");
@@ -105,7 +128,12 @@ pub(super) fn render_grpc(w: &mut String, p: &NginxParams, pass: impl Fn(&mut St
     let _ = writeln!(w);
     render_mirror_head(w);
     let _ = writeln!(w, "            rewrite ^ $request_uri break;");
-    let _ = writeln!(w, "            grpc_pass grpc://shadow_grpc_$shadow_to;");
+    let target = if p.resolver.is_some() {
+        "$shadow_grpc"
+    } else {
+        "shadow_grpc_$shadow_to"
+    };
+    let _ = writeln!(w, "            grpc_pass grpc://{target};");
     render_budget(w, p, "grpc");
     let _ = writeln!(w, "        }}");
     let _ = writeln!(w);

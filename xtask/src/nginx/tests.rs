@@ -18,6 +18,53 @@ fn local_example() -> NginxParams {
         temp_dir: "/srv/mldeploy/nginx/temp".into(),
         read_timeout_secs: 3,
         testers: None,
+        resolver: None,
+        color_prefixes: Vec::new(),
+    }
+}
+
+/// The swarm runtime's parameters: colors by name, resolved per request, told apart by subnet.
+fn swarm_example() -> NginxParams {
+    NginxParams {
+        blue: "blue:8080".into(),
+        green: "green:8080".into(),
+        blue_grpc: "blue:50051".into(),
+        green_grpc: "green:50051".into(),
+        resolver: Some("127.0.0.11".into()),
+        color_prefixes: vec![
+            (crate::domain::Color::Blue, "10.77.11.".into()),
+            (crate::domain::Color::Green, "10.77.12.".into()),
+        ],
+        ..NginxParams::container_default()
+    }
+}
+
+#[test]
+fn swarm_config_matches_golden_file() {
+    check_golden(
+        "xtask/test_data/nginx.swarm.conf",
+        &render(&swarm_example()),
+    );
+}
+
+#[test]
+fn swarm_config_never_names_a_color_in_an_upstream_block() {
+    // nginx resolves an upstream block's names once, at load, and refuses to start when one has
+    // no address (a color scaled to 0): every color address must be a per-request variable.
+    let conf = render(&swarm_example());
+    assert!(!conf.contains("\n    upstream "), "{conf}");
+    for expected in [
+        "resolver 127.0.0.11 valid=1s ipv6=off;",
+        "proxy_pass http://$color_http;",
+        "error_page 502 504 = @failover;",
+        "proxy_pass http://$other_http;",
+        "grpc_pass grpc://$color_grpc;",
+        "grpc_pass grpc://$other_grpc;",
+        "proxy_pass http://$shadow_http$request_uri;",
+        "grpc_pass grpc://$shadow_grpc;",
+        "\"~[| ]10\\.77\\.11\\.[0-9.]*:[0-9]+$\" blue;",
+    ] {
+        assert!(conf.contains(expected), "missing {expected:?} in\n{conf}");
     }
 }
 

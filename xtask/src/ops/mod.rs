@@ -15,6 +15,8 @@ pub mod gates;
 mod health;
 mod live;
 mod record;
+mod replicas;
+mod scale;
 pub mod shadow;
 pub mod smoke;
 pub mod status;
@@ -24,7 +26,7 @@ pub mod up;
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use reqwest::blocking::Client;
 use xshell::Shell;
 
@@ -34,6 +36,7 @@ pub use engine::{execute, repair, route};
 pub use health::{wait_balancer, wait_healthy};
 pub use live::{read_live, record_state, Live};
 pub use record::Recorder;
+pub use scale::scale;
 
 use crate::{
     config::{self, DeployConfig},
@@ -78,16 +81,47 @@ impl Deployment {
         })
     }
 
-    /// Runs every gate on `color`, which must serve `version`, at its HTTP and gRPC addresses.
+    /// Runs every gate on `color`, which must serve `version`, at its HTTP and gRPC addresses:
+    /// on each of its replicas where it has several, all of which must run (a switch never
+    /// lands on a color with one bad or missing replica).
     pub fn gate_color(&self, color: Color, version: &str) -> Result<()> {
-        let part = runtime::Part::Color(color);
-        let (url, grpc_url) = (self.rt.url(part), self.rt.grpc_url(part));
-        let target = gates::Target {
-            url: &url,
-            grpc_url: &grpc_url,
-            version,
+        let Some(desired) = self.rt.desired_replicas(color)? else {
+            let part = runtime::Part::Color(color);
+            let (url, grpc_url) = (self.rt.url(part), self.rt.grpc_url(part));
+            let target = gates::Target {
+                url: &url,
+                grpc_url: &grpc_url,
+                version,
+            };
+            return self.checks.gate(&format!("{color} ({version})"), &target);
         };
-        self.checks.gate(&format!("{color} ({version})"), &target)
+        let replicas = self.rt.replicas(color)?;
+        let running = replicas.iter().filter(|r| r.running()).count();
+        if desired == 0 || running < desired as usize {
+            let states: Vec<String> = replicas
+                .iter()
+                .map(|r| format!("{} on {}: {}", r.name, r.node, r.state))
+                .collect();
+            bail!(
+                "gate `replicas` failed for {color} ({version}): {running} of {desired} replicas run ({}); traffic stays where it is. Wait for swarm to replace them (`cargo xtask status`), or `cargo xtask scale`",
+                if states.is_empty() { "none".to_owned() } else { states.join("; ") }
+            );
+        }
+        for replica in replicas.iter().filter(|r| r.running()) {
+            let target = gates::Target {
+                url: &replica.url,
+                grpc_url: &replica.grpc_url,
+                version,
+            };
+            self.checks.gate(
+                &format!(
+                    "{color} ({version}) replica {} on {}",
+                    replica.name, replica.node
+                ),
+                &target,
+            )?;
+        }
+        Ok(())
     }
 
     /// Takes the host lock for the operation `holder` describes, and says so when the last

@@ -78,6 +78,12 @@ pub struct ColorReport {
     pub version: Option<String>,
     /// What the state records.
     pub recorded_version: Option<String>,
+    /// How many replicas it should have, where a color has several (swarm).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<u32>,
+    /// Each replica, where a color has several.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<super::replicas::ReplicaReport>,
 }
 
 impl ColorReport {
@@ -160,7 +166,14 @@ pub fn gather(ctx: &Deployment) -> Result<Report> {
                 ));
             }
         }
+        let (desired_replicas, replicas, replica_problems) =
+            super::replicas::gather(ctx, color, &probe);
+        if desired_replicas.is_some_and(|n| n > 0) || share > 0 {
+            problems.extend(replica_problems);
+        }
         colors.push(ColorReport {
+            desired_replicas,
+            replicas,
             color,
             url,
             grpc: grpc_addr(&grpc_url),
@@ -293,6 +306,11 @@ pub fn render_text(r: &Report) -> String {
             c.health_word(),
             grpc_note(c.healthy, &c.grpc_health)
         );
+        if let Some(desired) = c.desired_replicas {
+            let healthy = c.replicas.iter().filter(|r| r.healthy).count();
+            out += &format!("  {healthy} of {desired} replicas healthy\n");
+            out += &super::replicas::render_text(&c.replicas);
+        }
     }
     for problem in &r.problems {
         out += &format!("problem: {problem}\n");
@@ -422,6 +440,8 @@ mod tests {
                     hung: false,
                     version: Some("v1.0.0".into()),
                     recorded_version: Some("v1.0.0".into()),
+                    desired_replicas: None,
+                    replicas: Vec::new(),
                 },
                 ColorReport {
                     color: Color::Green,
@@ -434,6 +454,8 @@ mod tests {
                     hung: false,
                     version: None,
                     recorded_version: Some("v1.1.0".into()),
+                    desired_replicas: None,
+                    replicas: Vec::new(),
                 },
             ],
             problems: vec!["green takes 10 % of traffic but is not healthy".into()],

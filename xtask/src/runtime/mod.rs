@@ -15,8 +15,12 @@
 //!   mounted into the nginx container, changed only through the Docker API;
 //! - `fake` (tests only): an in-memory host directory with injectable failures.
 //!
-//! [`open`] picks one: `--runtime local|compose`, or `auto` = compose when `docker info` answers
-//! and [`compose::Compose::new`] succeeds, local otherwise.
+//! - [`swarm`]: a Docker Swarm stack, each color a service with several replicas; its host state
+//!   directory is the compose runtime's, in the balancer task's volume.
+//!
+//! [`open`] picks one: `--runtime local|compose|swarm`, or `auto` = a recorded local deployment,
+//! else swarm when the engine is a swarm manager (and no compose deployment of the project runs
+//! there), else compose when `docker info` answers, else local.
 //!
 //! The **host state directory** holds, relative to its root:
 //! - `routes/gen-<n>/<bucket>`: one empty file per bucket that goes to green (generation `n`);
@@ -33,6 +37,7 @@ pub mod fake;
 pub mod local;
 pub mod routes;
 pub mod shadow;
+pub mod swarm;
 
 use std::time::Duration;
 
@@ -127,9 +132,34 @@ pub fn last_line_of(text: &str) -> Option<String> {
 /// operation (an agent that loses its client undoes a route swap made after the last write).
 pub const STATE_FILE: &str = "state.json";
 
+/// One replica of a color: where it runs and how this machine reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    /// `blue.2` on a swarm; the color's name where a color is one process.
+    pub name: String,
+    /// The node it runs on (empty where there is one host).
+    pub node: String,
+    /// Its address on the color's network (empty when not known).
+    pub address: String,
+    /// The orchestrator's word for it: `running`, `starting`, `failed: …`.
+    pub state: String,
+    /// The model version it was started with, when known.
+    pub version: Option<String>,
+    /// Its HTTP base URL, as this machine reaches it.
+    pub url: String,
+    /// Its gRPC address (`http://host:port`).
+    pub grpc_url: String,
+}
+
+impl Replica {
+    pub fn running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
 /// Starting and stopping the parts of a deployment.
 pub trait Runtime {
-    /// "local" or "compose", for messages and the operation log.
+    /// "local", "compose" or "swarm", for messages and the operation log.
     fn name(&self) -> &'static str;
 
     /// The base URL (`http://host:port`, no trailing slash) at which the machine running the
@@ -170,6 +200,41 @@ pub trait Runtime {
     fn apply_config(&self, nginx_conf: &str) -> Result<()>;
     /// The static config nginx runs with now, if one is installed.
     fn current_config(&self) -> Result<Option<String>>;
+
+    /// How many replicas `color` should have, where a color can have several (`None`: one
+    /// process or container per color).
+    fn desired_replicas(&self, _color: Color) -> Result<Option<u32>> {
+        Ok(None)
+    }
+    /// Every replica of `color` the orchestrator wants running, each with its own address, so
+    /// that gates and `status` see them one by one. One, at the color's address, by default.
+    fn replicas(&self, color: Color) -> Result<Vec<Replica>> {
+        let part = Part::Color(color);
+        let running = self.is_running(part)?;
+        Ok(vec![Replica {
+            name: color.to_string(),
+            node: String::new(),
+            address: String::new(),
+            state: if running { "running" } else { "stopped" }.to_owned(),
+            version: None,
+            url: self.url(part),
+            grpc_url: self.grpc_url(part),
+        }])
+    }
+    /// `up --replicas N`: the replica count for the colors `up` starts.
+    fn ask_replicas(&mut self, _replicas: u32) -> Result<()> {
+        anyhow::bail!(
+            "the {} runtime runs one process per color: `--replicas` needs the swarm runtime (`--runtime swarm`)",
+            self.name()
+        )
+    }
+    /// Sets `color`'s replica count and waits until that many run healthy.
+    fn scale(&self, _color: Color, _replicas: u32) -> Result<()> {
+        anyhow::bail!(
+            "the {} runtime runs one process per color: `scale` needs the swarm runtime (`--runtime swarm`)",
+            self.name()
+        )
+    }
 }
 
 /// Opens the runtime `--runtime` names (`auto`: compose when a Docker engine answers and the
@@ -179,6 +244,9 @@ pub fn open(sh: &Shell, global: &flags::Global, config: &DeployConfig) -> Result
         flags::RuntimeKind::Local => Ok(Box::new(local::Local::new(sh, config)?)),
         flags::RuntimeKind::Compose => Ok(Box::new(
             compose::Compose::new(sh, config).context("open the compose runtime")?,
+        )),
+        flags::RuntimeKind::Swarm => Ok(Box::new(
+            swarm::Swarm::new(sh, config, true).context("open the swarm runtime")?,
         )),
         flags::RuntimeKind::Auto => {
             // A running local deployment wins: starting Docker later must not make the next
@@ -191,6 +259,13 @@ pub fn open(sh: &Shell, global: &flags::Global, config: &DeployConfig) -> Result
                 return Ok(Box::new(local::Local::new(sh, config)?));
             }
             if crate::docker::engine_answers(sh) {
+                // A swarm manager runs the swarm runtime, unless a compose deployment of the
+                // project already runs on it.
+                if swarm::is_manager(sh) && !compose::project_exists(sh, config) {
+                    if let Ok(swarm) = swarm::Swarm::new(sh, config, false) {
+                        return Ok(Box::new(swarm));
+                    }
+                }
                 if let Ok(compose) = compose::Compose::new(sh, config) {
                     return Ok(Box::new(compose));
                 }

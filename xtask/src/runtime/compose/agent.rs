@@ -31,7 +31,7 @@ use super::{tar::tar_program, Compose, STATE_DIR};
 use crate::{images, runtime::Link};
 
 /// The protocol the agent must speak (`agent/src/session.rs`).
-pub const PROTOCOL: u64 = 1;
+pub const PROTOCOL: u64 = 2;
 /// The agent's folder in the state volume.
 const AGENT_DIR: &str = ".agent";
 /// The agent's file name.
@@ -49,7 +49,7 @@ pub fn disabled() -> bool {
 }
 
 /// The agent's path in the balancer container.
-fn agent_path() -> String {
+pub(crate) fn agent_path() -> String {
     format!("{STATE_DIR}/{AGENT_DIR}/{AGENT_BIN}")
 }
 
@@ -173,7 +173,7 @@ impl Session {
 impl Compose {
     /// Installs the agent in the state volume unless the one there speaks [`PROTOCOL`]: at
     /// `up`, so that the first operation does not pay for it.
-    pub(super) fn ensure_agent(&self) -> Result<()> {
+    pub(crate) fn ensure_agent(&self) -> Result<()> {
         let id = self.nginx()?;
         let version = self.exec(&[&agent_path(), "--version"], None)?;
         if version.ok && version.stdout.trim() == format!("{AGENT_BIN} {PROTOCOL}") {

@@ -18,15 +18,43 @@ impl Compose {
                 return Ok(Some(id));
             }
         }
-        let project = format!("label=com.docker.compose.project={}", self.cli.project);
-        let service = format!("label=com.docker.compose.service={}", Self::service(part));
-        let ids = cmd!(
-            self.sh,
-            "docker ps --all --quiet --no-trunc --filter {project} --filter {service}"
-        )
-        .quiet()
-        .read()
-        .with_context(|| format!("find the {part} container"))?;
+        let ids = match (&self.swarm_service, part) {
+            // A swarm keeps a service's stopped task containers: the running one holds the
+            // volume, a stopped one is read only when no task runs.
+            (Some(service), Part::Balancer) => {
+                let service = format!("label=com.docker.swarm.service.name={service}");
+                let running = cmd!(
+                    self.sh,
+                    "docker ps --quiet --no-trunc --filter {service} --filter status=running"
+                )
+                .quiet()
+                .read()
+                .context("find the balancer's task container")?;
+                if running.trim().is_empty() {
+                    cmd!(
+                        self.sh,
+                        "docker ps --all --quiet --no-trunc --filter {service}"
+                    )
+                    .quiet()
+                    .read()
+                    .context("find the balancer's task container")?
+                } else {
+                    running
+                }
+            }
+            (Some(_), Part::Color(_)) => bail!("a swarm color has no single container"),
+            (None, _) => {
+                let project = format!("label=com.docker.compose.project={}", self.project);
+                let service = format!("label=com.docker.compose.service={}", Self::service(part));
+                cmd!(
+                    self.sh,
+                    "docker ps --all --quiet --no-trunc --filter {project} --filter {service}"
+                )
+                .quiet()
+                .read()
+                .with_context(|| format!("find the {part} container"))?
+            }
+        };
         let id = ids
             .lines()
             .next()
@@ -43,8 +71,13 @@ impl Compose {
         match self.container_id(Part::Balancer)? {
             Some(id) => Ok(id),
             None => bail!(
-                "the balancer container of project `{}` does not exist: run `cargo xtask up`",
-                self.cli.project
+                "the balancer container of {} `{}` does not exist: run `cargo xtask up`",
+                if self.swarm_service.is_some() {
+                    "stack"
+                } else {
+                    "project"
+                },
+                self.project
             ),
         }
     }
@@ -58,6 +91,9 @@ impl Compose {
                 self.nginx_running.set(true);
                 return Ok(id);
             }
+        }
+        if let Some(service) = &self.swarm_service {
+            bail!("the balancer service `{service}` has no running task, and the deploy state lives in it: run `cargo xtask up`");
         }
         self.start_balancer(&crate::nginx::render(&self.nginx_params()))
             .context("start the balancer, which holds the deploy state")?;
@@ -181,7 +217,16 @@ impl Compose {
     /// would keep the operator's uid, which root in the container, without
     /// `CAP_DAC_OVERRIDE`, could then not change).
     pub(super) fn copy_in(&self, entries: &[(String, TarKind, &str)], dest: &str) -> Result<()> {
-        let id = self.nginx()?;
+        self.copy_into(&self.nginx()?, entries, dest)
+    }
+
+    /// [`Compose::copy_in`] into container `id` (which may be stopped).
+    pub fn copy_into(
+        &self,
+        id: &str,
+        entries: &[(String, TarKind, &str)],
+        dest: &str,
+    ) -> Result<()> {
         let archive = tar_archive(entries);
         let target = format!("{id}:{dest}");
         cmd!(self.sh, "docker cp - {target}")
@@ -196,7 +241,10 @@ impl Compose {
     /// children behind that inherit its stderr, and reading a pipe to its end would wait for
     /// them forever. The error says what compose printed.
     pub(super) fn compose(&self, what: &str, args: &[&str]) -> Result<()> {
-        let context = || format!("{what} ({} {})", self.cli.display_name(), args.join(" "));
+        let Some(cli) = &self.cli else {
+            bail!("{what}: no compose in a swarm stack");
+        };
+        let context = || format!("{what} ({} {})", cli.display_name(), args.join(" "));
         let log_path = std::env::temp_dir().join(format!(
             "mldeploy-compose-{}-{}.log",
             std::process::id(),
@@ -204,7 +252,7 @@ impl Compose {
         ));
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("create {}", log_path.display()))?;
-        let mut command: std::process::Command = self.cli.cmd(&self.sh, args).into();
+        let mut command: std::process::Command = cli.cmd(&self.sh, args).into();
         let status = command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

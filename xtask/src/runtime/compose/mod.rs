@@ -48,15 +48,14 @@ use std::{cell::RefCell, time::Duration};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
+pub(crate) use agent::agent_path;
 pub use names::{
     compose_env, compose_files, project_name, service_image_ref, state_path, Addresses,
 };
+pub use tar::TarKind;
 pub use tunnel::remote_docker_host;
 
-use self::{
-    tar::TarKind,
-    tunnel::{port_index, published_host, remote_ports, Tunnel},
-};
+use self::tunnel::{port_index, published_host, remote_ports, Tunnel};
 use super::{HostDir, Part, Runtime};
 use crate::{
     config::DeployConfig,
@@ -86,10 +85,28 @@ const STOP_TIMEOUT_SECS: &str = "10";
 /// How long a freshly started nginx container gets to prove it stays up.
 const BALANCER_START_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whether any container of the configured compose project exists on the engine.
+pub fn project_exists(sh: &Shell, config: &DeployConfig) -> bool {
+    let label = format!(
+        "label=com.docker.compose.project={}",
+        config.compose.project
+    );
+    cmd!(sh, "docker ps --all --quiet --filter {label}")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .is_ok_and(|ids| !ids.trim().is_empty())
+}
+
 /// Containers through `docker compose` / `docker-compose`.
 pub struct Compose {
     sh: Shell,
-    cli: ComposeCli,
+    /// The compose tool; `None` when a swarm runs the balancer ([`Compose::for_swarm`]).
+    cli: Option<ComposeCli>,
+    /// The compose project, or the swarm stack, for names and messages.
+    project: String,
+    /// With a swarm: the balancer's service, whose running task holds the state volume.
+    swarm_service: Option<String>,
     config: DeployConfig,
     addresses: Addresses,
     /// The nginx container's id, looked up once.
@@ -121,6 +138,17 @@ impl Compose {
     /// Opens the compose runtime; fails when it cannot be used here (no compose command, no
     /// engine), which makes `--runtime auto` choose the local runtime.
     pub fn new(sh: &Shell, config: &DeployConfig) -> Result<Compose> {
+        Compose::open(sh, config, None)
+    }
+
+    /// The state volume and the host's agent of a swarm stack's balancer: the task container
+    /// of `service` on the engine this tool talks to (the swarm runtime places it there). Its
+    /// [`HostDir`] is the compose runtime's, unchanged; its lifecycle is the swarm runtime's.
+    pub fn for_swarm(sh: &Shell, config: &DeployConfig, service: &str) -> Result<Compose> {
+        Compose::open(sh, config, Some(service.to_owned()))
+    }
+
+    fn open(sh: &Shell, config: &DeployConfig, swarm_service: Option<String>) -> Result<Compose> {
         // Over SSH, one connection for the whole command: the tunnel also forwards the host's
         // Docker socket, which every later `docker` and compose call then uses.
         let tunnel = Tunnel::open_for_docker_host(config)?;
@@ -137,7 +165,10 @@ impl Compose {
         engine::ensure_engine(sh)?;
         let root = util::project_root();
         let project = project_name(&config.compose.project)?;
-        let cli = ComposeCli::detect(sh, &project, compose_files())?;
+        let cli = match swarm_service {
+            Some(_) => None,
+            None => Some(ComposeCli::detect(sh, &project, compose_files())?),
+        };
         let addresses = Addresses::in_subnet(&config.compose.subnet).context("`compose.subnet`")?;
         let sh = sh.clone();
         sh.change_dir(&root);
@@ -147,6 +178,8 @@ impl Compose {
         Ok(Compose {
             sh,
             cli,
+            project,
+            swarm_service,
             config: config.clone(),
             addresses,
             nginx_id: RefCell::new(None),
@@ -159,6 +192,21 @@ impl Compose {
     /// The service image the colors run, `name:tag`.
     pub fn service_image(&self) -> String {
         service_image_ref(&self.config)
+    }
+
+    /// Ends the session with the host's agent, releasing the lock: before the volume that
+    /// holds both is removed.
+    pub(crate) fn end_agent_session(&self) {
+        if let Some(mut session) = self.agent.borrow_mut().take() {
+            let _ = session.call(&serde_json::json!({ "op": "unlock" }));
+            session.close();
+        }
+    }
+
+    /// Forgets the balancer container found earlier in this command (a swarm replaced it).
+    pub(crate) fn forget_balancer(&self) {
+        *self.nginx_id.borrow_mut() = None;
+        self.nginx_running.set(false);
     }
 
     fn service(part: Part) -> &'static str {
@@ -317,11 +365,7 @@ impl Runtime for Compose {
     }
 
     fn down(&self) -> Result<()> {
-        // The lock and the agent go with the volume: end the session first.
-        if let Some(mut session) = self.agent.borrow_mut().take() {
-            let _ = session.call(&serde_json::json!({ "op": "unlock" }));
-            session.close();
-        }
+        self.end_agent_session();
         self.compose(
             "remove the containers, network and volume",
             &[

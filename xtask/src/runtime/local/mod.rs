@@ -284,6 +284,8 @@ impl Runtime for Local {
                 .testers
                 .enabled
                 .then(|| self.config.testers.clone()),
+            resolver: None,
+            color_prefixes: Vec::new(),
         }
     }
 
