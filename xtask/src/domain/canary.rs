@@ -45,6 +45,15 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// Adds `other`'s counters (another replica of the same color).
+    pub fn add(&mut self, other: &Sample) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        for (le, count) in &other.buckets {
+            *self.buckets.entry(le.clone()).or_default() += count;
+        }
+    }
+
     pub fn parse(text: &str) -> Sample {
         let mut sample = Sample::default();
         for line in text.lines().filter(|line| !line.starts_with('#')) {
