@@ -115,8 +115,8 @@ impl Deployment {
             };
             self.checks.gate(
                 &format!(
-                    "{color} ({version}) replica {} on {}",
-                    replica.name, replica.node
+                    "{color} ({version}) replica {} at {} on {}",
+                    replica.name, replica.address, replica.node
                 ),
                 &target,
             )?;
