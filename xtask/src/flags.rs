@@ -369,6 +369,10 @@ pub enum BenchTarget {
     /// with its own engine and sshd; needs root): `up`, `status` and `switch` wall times, with
     /// and without the host's agent and the forwarded Docker socket.
     Remote,
+    /// The swarm runtime on a one-node swarm (made for the run when the engine is in none):
+    /// req/s and p99 with 1, 2 and 3 replicas per color, switch wall time, failed requests
+    /// while switching and while a replica of the active color is killed.
+    Swarm,
 }
 
 #[derive(Debug, Args)]

@@ -13,7 +13,10 @@
 //! - `bench shadow`: client req/s and latency through the balancer with the mirror off, at
 //!   10 % and 100 %, and at 100 % with the standby hung;
 //! - `bench remote`: the compose runtime on a second host over `ssh://`, with and without the
-//!   host's agent and the forwarded Docker socket.
+//!   host's agent and the forwarded Docker socket;
+//! - `bench swarm`: the swarm runtime on a one-node swarm: req/s and p99 with 1, 2 and 3
+//!   replicas per color, switch wall time, failed requests while switching and while a
+//!   replica is killed.
 //!
 //! `wrk` runs the load for the first three and `shadow` (`hang` has its own client, which
 //! waits for answers; `grpc` its own tonic client for the gRPC side, wrk for the HTTP side);
@@ -27,6 +30,7 @@ mod report;
 mod service;
 mod service_nginx;
 mod shadow;
+mod swarm;
 mod switch;
 mod timeline;
 mod timeline_svg;
@@ -53,6 +57,7 @@ impl flags::Bench {
             BenchTarget::Grpc => grpc::run(sh, global, &self),
             BenchTarget::Shadow => shadow::run(sh, global, &self),
             BenchTarget::Remote => remote::run(sh, global, &self),
+            BenchTarget::Swarm => swarm::run(sh, global, &self),
         }
     }
 }
@@ -67,9 +72,21 @@ pub(crate) fn run_compose_xtask(
     env: &[(&str, OsString)],
     extra: &[(&str, &str)],
 ) -> Result<f64> {
+    run_xtask(exe, "compose", config, args, env, extra)
+}
+
+/// [`run_compose_xtask`] with another `--runtime`.
+pub(crate) fn run_xtask(
+    exe: &Path,
+    runtime: &str,
+    config: &Path,
+    args: &[&str],
+    env: &[(&str, OsString)],
+    extra: &[(&str, &str)],
+) -> Result<f64> {
     let started = std::time::Instant::now();
     let out = std::process::Command::new(exe)
-        .args(["--runtime", "compose", "--config"])
+        .args(["--runtime", runtime, "--config"])
         .arg(config)
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))

@@ -13,7 +13,10 @@
 //! 7. standard clients: the real `ml-service` against `tritonclient.http`, `tritonclient.grpc`
 //!    and schemathesis
 //!    (`service/tests/standard_clients.rs`, which fails here if a tool is missing);
-//! 8. the Docker end-to-end tests, required unless `--no-docker`: with no engine they fail.
+//! 8. the Docker end-to-end tests, required unless `--no-docker`: with no engine they fail;
+//! 9. the swarm end-to-end tests (`xtask/tests/swarm_*.rs`): the engine made a one-node swarm
+//!    manager for them when it is in no swarm, and taken out of it again afterwards, whatever
+//!    the tests' outcome (a swarm that was there before is left as it was).
 //!
 //! It stops at the first failing step: later steps would only repeat its cause.
 
@@ -119,6 +122,28 @@ impl flags::Ci {
                     .run()
                     .context("Docker end-to-end tests failed")
             })?;
+            steps.run("swarm end-to-end", || {
+                let test_flags = integration_test_flags("swarm_")?;
+                if test_flags.is_empty() {
+                    bail!("no swarm end-to-end tests found under xtask/tests/swarm_*.rs");
+                }
+                crate::docker::ensure_engine(sh)?;
+                let made = one_node_swarm(sh)?;
+                let _require = sh.push_env("MLDEPLOY_REQUIRE_DOCKER", "1");
+                let result = cmd!(sh, "cargo test --locked -p xtask {test_flags...} -- --include-ignored --test-threads 1 --nocapture")
+                    .run()
+                    .context("swarm end-to-end tests failed");
+                if made {
+                    let left = cmd!(sh, "docker swarm leave --force")
+                        .quiet()
+                        .ignore_stdout()
+                        .run()
+                        .context("leave the one-node swarm set up for the tests");
+                    result?;
+                    return left;
+                }
+                result
+            })?;
         }
         steps.print_summary();
         crate::say!("ci: all checks passed");
@@ -166,6 +191,22 @@ impl Steps {
             crate::say!("  {name:<20} {outcome}");
         }
     }
+}
+
+/// Makes the engine a one-node swarm manager unless it is in a swarm; whether it did.
+fn one_node_swarm(sh: &Shell) -> Result<bool> {
+    let format = "{{.Swarm.LocalNodeState}}";
+    let state = cmd!(sh, "docker info --format {format}").quiet().read()?;
+    if state.trim() != "inactive" {
+        return Ok(false);
+    }
+    crate::say!("making the engine a one-node swarm manager for the swarm tests…");
+    cmd!(sh, "docker swarm init --advertise-addr 127.0.0.1")
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .context("docker swarm init")?;
+    Ok(true)
 }
 
 /// `--test <name>` for each integration test target under `xtask/tests/` whose file name
