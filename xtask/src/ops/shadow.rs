@@ -123,6 +123,17 @@ pub fn observe(ctx: &Deployment, options: &Options) -> Result<Analysis, Stopped>
         .stop_with(Outcome::Refused);
     };
     let candidate = active.other();
+    for color in [active, candidate] {
+        if let Some(n) = ctx.rt.desired_replicas(color).stop_with(Outcome::Refused)? {
+            if n > 1 {
+                return Err(anyhow::anyhow!(
+                    "{color} runs {n} replicas, and a shadow run compares one journal per color: \
+                     `cargo xtask scale --color {color} --replicas 1` for the run (and back after), or shadow on compose"
+                ))
+                .stop_with(Outcome::Refused);
+            }
+        }
+    }
     let versions = (
         state.version(active).unwrap_or("?").to_owned(),
         state.version(candidate).unwrap_or("?").to_owned(),
