@@ -175,7 +175,7 @@ pub fn gather(ctx: &Deployment) -> Result<Report> {
             desired_replicas,
             replicas,
             color,
-            url,
+            url: ctx.rt.address_for_people(Part::Color(color)),
             grpc: grpc_addr(&grpc_url),
             grpc_health,
             share,

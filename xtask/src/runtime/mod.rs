@@ -167,6 +167,12 @@ pub trait Runtime {
     /// colors there; verification and smoke go through the balancer.
     fn url(&self, part: Part) -> String;
 
+    /// Where `part` is, for people (`status`): its URL, unless that is only this command's
+    /// relay (swarm colors, reached through the balancer's container).
+    fn address_for_people(&self, part: Part) -> String {
+        self.url(part)
+    }
+
     /// The `http://host:port` at which the machine running the xtask reaches `part`'s gRPC
     /// port (HTTP/2 cleartext): the balancer's public gRPC port, or a color's direct one.
     fn grpc_url(&self, part: Part) -> String;
