@@ -14,9 +14,12 @@
 //!   cgroup hierarchies and dockerd could not start containers). dockerd's data root is
 //!   `D/data`, its exec root `D/exec`, its API `unix://D/docker.sock`, its own `containerd`
 //!   at `D/exec/containerd.sock` (never a system containerd at `/run/containerd`), its
-//!   containers' cgroups under `/mldeploy-h<pid>`, its iptables rules the namespace's own
-//!   (dockerd 20.10 still reads its engine ID from `/etc/docker/key.json`, so `docker info`'s
-//!   ID is this machine's engine's: tell the engines apart by their root dir);
+//!   containers' cgroups under `/mldeploy-h<pid>`, its iptables rules the namespace's own,
+//!   its engine ID (`docker info`'s) its own: dockerd before 23.0 reads it from a trust key,
+//!   by default this machine's `/etc/docker/key.json`, so `daemon.json` points it at
+//!   `D/key.json` (later versions keep the ID in the data root); and
+//!   `DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1` in its environment: a swarm task starts from
+//!   the image the engine holds, without first trying a registry that cannot be reached;
 //! - `sshd` in the namespace on `<addr>:22`, with a host key and one authorized key made by
 //!   `ssh-keygen` here, root login by key only, and `SetEnv DOCKER_HOST=unix://D/docker.sock`:
 //!   the namespace shares the file system with this machine, so without it the
@@ -40,8 +43,14 @@
 //! `openssh-client` and, for `docker-compose` v1 with `ssh://`, `python3-paramiko`
 //! ([`missing_packages`]).
 //!
-//! The parts: `engine` makes the namespace and starts the engine in it, `ssh` the keys, sshd
-//! and the `~/.ssh/config` block, `teardown` removes a host (this process's or a stale one).
+//! A [`Cluster`] is a Docker Swarm of such engines without sshd, one per node namespace,
+//! on a network of their own (see the `cluster` module's docs); a test process may hold one
+//! `DeployHost` and one `Cluster` at a time, together: their names differ (`mldeploy-h…`,
+//! `mldeploy-c…`).
+//!
+//! The parts: `engine` starts and stops an engine in a namespace (and makes the deploy
+//! host's), `ssh` the keys, sshd and the `~/.ssh/config` block, `cluster` and `node` the
+//! swarm, `teardown` removes a host or a cluster (this process's or a stale one).
 
 use std::{
     ffi::OsString,
@@ -71,7 +80,14 @@ pub fn describe(out: &Output) -> String {
 }
 
 /// Polls `f` every 10 ms until it holds or `timeout` passes; whether it held.
-pub fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub fn poll_until(timeout: Duration, f: impl FnMut() -> bool) -> bool {
+    poll_every(Duration::from_millis(10), timeout, f)
+}
+
+/// Polls `f` every `period` until it holds or `timeout` passes; whether it held. For checks
+/// that run a `docker` command (each costs this machine tens of ms of CPU, so
+/// [`poll_until`]'s 10 ms would keep a core busy), a period of a few hundred ms.
+pub fn poll_every(period: Duration, timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if f() {
@@ -80,17 +96,21 @@ pub fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(period);
     }
 }
 
+mod cluster;
 mod engine;
+mod node;
 mod ssh;
 mod teardown;
 
-pub use teardown::{leftovers, sweep_stale};
+pub use cluster::{cluster_available, Cluster, ClusterNames, SWARM_HEARTBEAT};
+pub use node::Node;
+pub use teardown::{cluster_leftovers, leftovers, sweep_stale};
 
-use engine::free_octet;
+use engine::{copy_image, free_octet, Engine};
 use teardown::teardown;
 
 /// The first two octets of the hosts' addresses: `10.231.<n>.0/24`.
@@ -103,7 +123,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// One deploy host at a time per test process (its names are the process's).
 static LIVE: AtomicBool = AtomicBool::new(false);
 
-/// Everything of the host of test process `pid` is named after it.
+/// Everything of the host of test process `pid` is named after it (and so is every node of
+/// its cluster, [`ClusterNames::node`]).
 #[derive(Clone, Debug)]
 pub struct Names {
     pub pid: u32,
@@ -111,8 +132,9 @@ pub struct Names {
     pub name: String,
     /// `$TMPDIR/mldeploy-h<pid>`.
     pub dir: PathBuf,
-    /// The veth end in this machine's namespace, `mdh<pid>`.
-    pub veth_host: String,
+    /// The veth end in this machine's namespace, `mdh<pid>` (a cluster node's veth ends in
+    /// the cluster's switch namespace instead: `None`).
+    pub veth_host: Option<String>,
     /// The veth end in the host's namespace, `mdn<pid>`.
     pub veth_ns: String,
 }
@@ -124,7 +146,7 @@ impl Names {
             pid,
             dir: std::env::temp_dir().join(&name),
             name,
-            veth_host: format!("mdh{pid}"),
+            veth_host: Some(format!("mdh{pid}")),
             veth_ns: format!("mdn{pid}"),
         }
     }
@@ -159,8 +181,7 @@ impl Names {
 /// The Debian packages the deploy host needs that are not installed here (empty when all
 /// are), each with the command it provides.
 pub fn missing_packages() -> Vec<(&'static str, &'static str)> {
-    let mut missing = Vec::new();
-    let checks: [(&str, &str); 10] = [
+    let mut missing = missing_commands(&[
         ("ip", "iproute2"),
         ("nsenter", "util-linux"),
         ("sshd", "openssh-server"),
@@ -171,12 +192,7 @@ pub fn missing_packages() -> Vec<(&'static str, &'static str)> {
         ("containerd", "containerd"),
         ("runc", "runc"),
         ("timeout", "coreutils"),
-    ];
-    for (command, package) in checks {
-        if find_command(command).is_none() {
-            missing.push((command, package));
-        }
-    }
+    ]);
     // docker-compose v1 imports paramiko for every ssh:// engine, even when it then runs the
     // system `ssh`; check it with the interpreter docker-compose runs under.
     if let Some(compose) = find_command("docker-compose") {
@@ -204,14 +220,32 @@ pub fn missing_packages() -> Vec<(&'static str, &'static str)> {
     missing
 }
 
+/// The `(command, Debian package)` pairs of `checks` whose command is not installed here.
+fn missing_commands(checks: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    checks
+        .iter()
+        .copied()
+        .filter(|(command, _)| find_command(command).is_none())
+        .collect()
+}
+
 /// Whether a deploy host can be made here: root and every package. Panics when CI requires
 /// Docker (`MLDEPLOY_REQUIRE_DOCKER=1`) and something is missing; else says what and skips.
 pub fn deploy_host_available() -> bool {
+    available(
+        "the deploy-host tests",
+        "it creates a network namespace and runs dockerd and sshd",
+        missing_packages(),
+    )
+}
+
+/// Whether root and the `missing` packages are there for `who` (`why` root); the same
+/// panic or skip message as [`deploy_host_available`].
+fn available(who: &str, why: &str, missing: Vec<(&str, &str)>) -> bool {
     let mut problems = Vec::new();
     if !is_root() {
-        problems.push("root (it creates a network namespace and runs dockerd and sshd)".to_owned());
+        problems.push(format!("root ({why})"));
     }
-    let missing = missing_packages();
     if !missing.is_empty() {
         let mut packages: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
         packages.sort_unstable();
@@ -229,7 +263,7 @@ pub fn deploy_host_available() -> bool {
     if problems.is_empty() {
         return true;
     }
-    let message = format!("the deploy-host tests need {}", problems.join("; and "));
+    let message = format!("{who} need {}", problems.join("; and "));
     if docker_required() {
         panic!("MLDEPLOY_REQUIRE_DOCKER=1 but {message}");
     }
@@ -242,8 +276,7 @@ pub struct DeployHost {
     pub names: Names,
     /// The host's address, in the namespace.
     addr: Ipv4Addr,
-    containerd: Option<Child>,
-    dockerd: Option<Child>,
+    engine: Engine,
     sshd: Option<Child>,
     /// The images [`DeployHost::probe_image`] made in this machine's engine (removed on drop).
     local_images: Vec<String>,
@@ -257,8 +290,13 @@ impl DeployHost {
         let started = Instant::now();
         let names = Names::of(std::process::id());
         let mut step = Steps::new(&names.name);
+        // Before the teardown below, which would remove this process's live host.
+        assert!(
+            !LIVE.load(Ordering::SeqCst),
+            "one DeployHost at a time per test process"
+        );
         let swept = sweep_stale();
-        step.done(&format!("swept stale hosts {swept:?}"));
+        step.done(&format!("swept stale hosts and clusters {swept:?}"));
         // Whatever a previous use of this very pid left (a pid is reused eventually).
         teardown(&names, &mut []);
         let octet = free_octet(names.pid);
@@ -268,9 +306,8 @@ impl DeployHost {
         );
         let mut host = DeployHost {
             addr: Ipv4Addr::new(SUBNET_PREFIX[0], SUBNET_PREFIX[1], octet, 2),
+            engine: Engine::new(&names, None),
             names,
-            containerd: None,
-            dockerd: None,
             sshd: None,
             local_images: Vec::new(),
             started,
@@ -279,11 +316,12 @@ impl DeployHost {
         host.make_namespace(octet);
         step.done(&format!(
             "network namespace, {} on {}",
-            host.addr, host.names.veth_host
+            host.addr,
+            host.names.veth_host.as_deref().unwrap_or_default()
         ));
         host.make_files();
         step.done("keys and configs (ssh-keygen)");
-        host.start_engine();
+        host.engine.start();
         step.done("containerd + dockerd answer");
         host.start_sshd();
         step.done("sshd answers");
@@ -348,32 +386,11 @@ impl DeployHost {
     /// Copies `image` from this machine's engine to the host's (`docker save | docker load`
     /// over SSH: no registry can be reached here); returns the time it took.
     pub fn load_image(&self, image: &str) -> Duration {
-        let started = Instant::now();
-        let mut save = bounded("docker", Duration::from_secs(300))
-            .env_remove("DOCKER_HOST")
-            .args(["save", image])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run docker save");
-        let mut load = self.docker_command_within(Duration::from_secs(300), &["load", "--quiet"]);
-        let load = load
-            .stdin(save.stdout.take().unwrap())
-            .output()
-            .expect("run docker load");
-        let save = save.wait_with_output().expect("wait for docker save");
-        assert!(
-            save.status.success(),
-            "docker save {image}:\n{}",
-            describe(&save)
+        let took = copy_image(
+            image,
+            &mut self.docker_command_within(Duration::from_secs(300), &["load", "--quiet"]),
+            &self.docker_host(),
         );
-        assert!(
-            load.status.success(),
-            "docker -H {} load ({image}):\n{}",
-            self.docker_host(),
-            describe(&load)
-        );
-        let took = started.elapsed();
         println!(
             "[{}] loaded {image} into the host in {:.2} s",
             self.names.name,
@@ -432,16 +449,11 @@ impl DeployHost {
         image
     }
 
-    /// `D` (mode 0700) with the engine's directories, then the files the host's daemons read.
+    /// `D` (mode 0700), then the files the host's daemons read.
     fn make_files(&self) {
-        let n = &self.names;
-        fs::create_dir_all(&n.dir).unwrap();
-        fs::set_permissions(&n.dir, fs::Permissions::from_mode(0o700)).unwrap();
-        for dir in ["data", "exec"] {
-            fs::create_dir_all(n.path(dir)).unwrap();
-        }
+        make_private_dir(&self.names.dir);
         self.make_ssh_files();
-        self.make_engine_files();
+        self.engine.make_files();
     }
 }
 
@@ -454,14 +466,8 @@ impl Drop for DeployHost {
                 .args(["rmi", "--force", image])
                 .output();
         }
-        let mut children: Vec<Child> = [
-            self.sshd.take(),
-            self.dockerd.take(),
-            self.containerd.take(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let mut children: Vec<Child> = self.sshd.take().into_iter().collect();
+        children.extend(self.engine.take_children());
         let left = teardown(&self.names, &mut children);
         LIVE.store(false, Ordering::SeqCst);
         println!(
@@ -517,6 +523,12 @@ fn ok(cmd: &mut Command, what: &str) -> Output {
     let out = output(cmd);
     assert!(out.status.success(), "{what}:\n{}", describe(&out));
     out
+}
+
+/// `dir` and its parents, `dir` with mode 0700.
+fn make_private_dir(dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).unwrap();
 }
 
 fn find_command(name: &str) -> Option<PathBuf> {

@@ -69,7 +69,7 @@ impl DeployHost {
         let mut check = bounded("/usr/sbin/sshd", COMMAND_TIMEOUT);
         check.arg("-t").arg("-f").arg(&config);
         ok(&mut check, "sshd -t (the config)");
-        self.sshd = Some(self.spawn_in_namespace(
+        self.sshd = Some(self.engine.spawn_in_namespace(
             "/usr/sbin/sshd",
             &[
                 "-D".into(),

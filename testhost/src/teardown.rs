@@ -1,9 +1,10 @@
-//! Removing a deploy host, whatever state it is in: [`teardown`] (when a host is dropped,
-//! and before one starts), [`leftovers`] (what is still there) and [`sweep_stale`] (the hosts
-//! of killed runs), with the process, mount and cgroup look-ups only they use.
+//! Removing a deploy host or a cluster, whatever state it is in: [`teardown`] and
+//! [`teardown_cluster`] (when one is dropped, and before one starts), [`leftovers`] and
+//! [`cluster_leftovers`] (what is still there) and [`sweep_stale`] (the hosts and clusters of
+//! killed runs), with the process, mount and cgroup look-ups only they use.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
@@ -14,7 +15,7 @@ use std::{
 use super::{
     bounded, output, poll_until,
     ssh::{edit_ssh_config, read_ssh_config, remove_block},
-    Names, COMMAND_TIMEOUT,
+    ClusterNames, Names, COMMAND_TIMEOUT,
 };
 
 /// What is left of the host `names` describes: processes with `D/` in their command line,
@@ -37,8 +38,12 @@ pub fn leftovers(names: &Names) -> Vec<String> {
     if netns_names().contains(&names.name) {
         left.push(format!("network namespace {}", names.name));
     }
-    if link_names().contains(&names.veth_host) {
-        left.push(format!("link {}", names.veth_host));
+    if let Some(veth) = names
+        .veth_host
+        .as_ref()
+        .filter(|v| link_names().contains(v))
+    {
+        left.push(format!("link {veth}"));
     }
     if read_ssh_config().contains(&names.marker_begin()) {
         left.push(format!("~/.ssh/config block {}", names.name));
@@ -52,6 +57,14 @@ pub fn leftovers(names: &Names) -> Vec<String> {
 /// Removes everything of the host `names` describes, whatever state it is in; `children` are
 /// this process's own handles of its processes, reaped here. Returns what is still left.
 pub(super) fn teardown(names: &Names, children: &mut [Child]) -> Vec<String> {
+    remove_engine(names, children, "TERM")
+}
+
+/// [`teardown`], with `dockerd_signal` for dockerd once its containers are gone: `TERM` lets
+/// it shut down as on a host's shutdown; `KILL` (a cluster node's) spares the waits of a
+/// stopping swarm member: for its gossip peers to hear it leave, for the ingress network
+/// to go, up to 5 s each, in vain when the whole cluster stops at once.
+fn remove_engine(names: &Names, children: &mut [Child], dockerd_signal: &str) -> Vec<String> {
     // sshd first: no new sessions.
     signal_processes(names, "TERM", |cmdline| cmdline.contains("sshd"));
     // The containers, quickly, while the engine answers (dockerd would stop them one by one,
@@ -75,7 +88,7 @@ pub(super) fn teardown(names: &Names, children: &mut [Child]) -> Vec<String> {
         }
     }
     // dockerd, then containerd and the shims: SIGTERM, then SIGKILL what did not stop.
-    signal_processes(names, "TERM", |cmdline| cmdline.contains("dockerd"));
+    signal_processes(names, dockerd_signal, |cmdline| cmdline.contains("dockerd"));
     wait_gone(names, Duration::from_secs(15), children, |cmdline| {
         cmdline.contains("dockerd") || cmdline.contains("sshd")
     });
@@ -104,8 +117,12 @@ pub(super) fn teardown(names: &Names, children: &mut [Child]) -> Vec<String> {
     if netns_names().contains(&names.name) {
         let _ = output(bounded("ip", COMMAND_TIMEOUT).args(["netns", "delete", &names.name]));
     }
-    if link_names().contains(&names.veth_host) {
-        let _ = output(bounded("ip", COMMAND_TIMEOUT).args(["link", "delete", &names.veth_host]));
+    if let Some(veth) = names
+        .veth_host
+        .as_ref()
+        .filter(|v| link_names().contains(v))
+    {
+        let _ = output(bounded("ip", COMMAND_TIMEOUT).args(["link", "delete", veth]));
     }
     if read_ssh_config().contains(&names.marker_begin()) {
         edit_ssh_config(|text| Some(remove_block(text, names)));
@@ -116,43 +133,171 @@ pub(super) fn teardown(names: &Names, children: &mut [Child]) -> Vec<String> {
     leftovers(names)
 }
 
-/// Removes the hosts of test processes that no longer run (a killed run's); their pids.
+/// Removes the hosts and clusters of test processes that no longer run (a killed run's);
+/// their pids.
 pub fn sweep_stale() -> Vec<u32> {
     let own = std::process::id();
-    let mut pids = BTreeSet::new();
+    let mut hosts = BTreeSet::new();
+    let mut clusters = BTreeSet::new();
     let parse =
         |name: &str, prefix: &str| -> Option<u32> { name.strip_prefix(prefix)?.parse().ok() };
-    pids.extend(netns_names().iter().filter_map(|n| parse(n, "mldeploy-h")));
-    pids.extend(link_names().iter().filter_map(|n| parse(n, "mdh")));
+    // `mldeploy-c<pid>` (the switch namespace, the dir) and `mldeploy-c<pid>n<i>` (a node's).
+    let cluster_pid = |name: &str| -> Option<u32> {
+        let rest = name.strip_prefix("mldeploy-c")?;
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let tail = &rest[digits.len()..];
+        (tail.is_empty() || tail.starts_with('n'))
+            .then(|| digits.parse().ok())
+            .flatten()
+    };
+    for name in netns_names() {
+        hosts.extend(parse(&name, "mldeploy-h"));
+        clusters.extend(cluster_pid(&name));
+    }
+    for name in link_names() {
+        hosts.extend(parse(&name, "mdh"));
+        clusters.extend(parse(&name, "mdc"));
+    }
     if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
-        pids.extend(
-            entries
-                .flatten()
-                .filter_map(|e| parse(&e.file_name().to_string_lossy(), "mldeploy-h")),
-        );
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            hosts.extend(parse(&name, "mldeploy-h"));
+            clusters.extend(parse(&name, "mldeploy-c"));
+        }
     }
     for line in read_ssh_config().lines() {
         if let Some(rest) = line.strip_prefix("# >>> mldeploy-h") {
-            pids.extend(rest.split(':').next().and_then(|p| p.parse::<u32>().ok()));
+            hosts.extend(rest.split(':').next().and_then(|p| p.parse::<u32>().ok()));
         }
     }
-    let marker = format!("{}/mldeploy-h", std::env::temp_dir().display());
+    let temp = std::env::temp_dir().display().to_string();
+    for (_, cmdline) in all_processes() {
+        for (kind, pids) in [("h", &mut hosts), ("c", &mut clusters)] {
+            for piece in cmdline.split(&format!("{temp}/mldeploy-{kind}")).skip(1) {
+                let digits: String = piece.chars().take_while(char::is_ascii_digit).collect();
+                if piece[digits.len()..].starts_with('/') {
+                    pids.extend(digits.parse::<u32>().ok());
+                }
+            }
+        }
+    }
+    let dead = |pid: &u32| *pid != own && !Path::new(&format!("/proc/{pid}")).exists();
+    let mut stale = BTreeSet::new();
+    for pid in hosts.into_iter().filter(dead) {
+        teardown(&Names::of(pid), &mut []);
+        stale.insert(pid);
+    }
+    for pid in clusters.into_iter().filter(dead) {
+        teardown_cluster(&ClusterNames::of(pid), BTreeMap::new());
+        stale.insert(pid);
+    }
+    stale.into_iter().collect()
+}
+
+/// What is left of the cluster `c` describes: what [`leftovers`] finds of each node whose
+/// index anything still names, the switch namespace, this machine's veth, the directory.
+pub fn cluster_leftovers(c: &ClusterNames) -> Vec<String> {
+    let mut left: Vec<String> = node_indexes(c)
+        .into_iter()
+        .flat_map(|i| leftovers(&c.node(i)))
+        .collect();
+    left.extend(
+        mounts_under(&c.dir)
+            .into_iter()
+            .map(|m| format!("mount {m}")),
+    );
+    if netns_names().contains(&c.name) {
+        left.push(format!("network namespace {}", c.name));
+    }
+    if link_names().contains(&c.veth_host) {
+        left.push(format!("link {}", c.veth_host));
+    }
+    if c.dir.exists() {
+        left.push(format!("directory {}", c.dir.display()));
+    }
+    left.sort();
+    left.dedup();
+    left
+}
+
+/// Removes everything of the cluster `c` describes: each node's engine and namespace, the
+/// nodes in parallel (as [`teardown`] removes a host, but dockerd SIGKILLed once its
+/// containers are gone: [`remove_engine`]; `children` are this process's handles of each
+/// node's processes; deleting a node's namespace takes its veth pair along), then this
+/// machine's veth and the switch namespace with the bridge, and the directory. Returns what
+/// is still left.
+pub(crate) fn teardown_cluster(
+    c: &ClusterNames,
+    children: BTreeMap<usize, Vec<Child>>,
+) -> Vec<String> {
+    let mut work: BTreeMap<usize, Vec<Child>> = node_indexes(c)
+        .into_iter()
+        .map(|i| (i, Vec::new()))
+        .collect();
+    for (i, kids) in children {
+        work.entry(i).or_default().extend(kids);
+    }
+    std::thread::scope(|scope| {
+        for (i, mut kids) in work {
+            scope.spawn(move || remove_engine(&c.node(i), &mut kids, "KILL"));
+        }
+    });
+    // This machine's veth first: deleting it is synchronous (and takes its peer along),
+    // while a deleted namespace's devices go in the background.
+    if link_names().contains(&c.veth_host) {
+        let _ = output(bounded("ip", COMMAND_TIMEOUT).args(["link", "delete", &c.veth_host]));
+    }
+    if netns_names().contains(&c.name) {
+        let _ = output(bounded("ip", COMMAND_TIMEOUT).args(["netns", "delete", &c.name]));
+    }
+    if c.dir.exists() && mounts_under(&c.dir).is_empty() {
+        let _ = fs::remove_dir_all(&c.dir);
+    }
+    cluster_leftovers(c)
+}
+
+/// The indexes of the nodes of cluster `c` that something is still named after: a network
+/// namespace, a directory, a cgroup, a process's command line.
+fn node_indexes(c: &ClusterNames) -> BTreeSet<usize> {
+    let mut found = BTreeSet::new();
+    let node_prefix = format!("{}n", c.name);
+    let index = |rest: &str| -> Option<usize> { rest.parse().ok() };
+    for name in netns_names() {
+        found.extend(name.strip_prefix(&node_prefix).and_then(index));
+    }
+    if let Ok(entries) = fs::read_dir(&c.dir) {
+        for entry in entries.flatten() {
+            found.extend(
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .strip_prefix('n')
+                    .and_then(index),
+            );
+        }
+    }
+    let root = Path::new("/sys/fs/cgroup");
+    let hierarchies = fs::read_dir(root)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_else(|_| Vec::new());
+    for dir in std::iter::once(root.to_path_buf()).chain(hierarchies) {
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                found.extend(name.strip_prefix(&node_prefix).and_then(index));
+            }
+        }
+    }
+    let marker = format!("{}/n", c.dir.display());
     for (_, cmdline) in all_processes() {
         for piece in cmdline.split(&marker).skip(1) {
             let digits: String = piece.chars().take_while(char::is_ascii_digit).collect();
             if piece[digits.len()..].starts_with('/') {
-                pids.extend(digits.parse::<u32>().ok());
+                found.extend(index(&digits));
             }
         }
     }
-    let stale: Vec<u32> = pids
-        .into_iter()
-        .filter(|&pid| pid != own && !Path::new(&format!("/proc/{pid}")).exists())
-        .collect();
-    for &pid in &stale {
-        teardown(&Names::of(pid), &mut []);
-    }
-    stale
+    found
 }
 
 fn netns_names() -> Vec<String> {
