@@ -36,7 +36,9 @@ impl flags::Up {
         // Colors that already ran as asked were left alone: give them the asked count too.
         if let Some(replicas) = self.replicas {
             for color in Color::ALL {
-                ops::scale(&ctx, color, replicas)?;
+                if ctx.rt.desired_replicas(color)? != Some(replicas) {
+                    ops::scale(&ctx, color, replicas)?;
+                }
             }
         }
         Ok(())
