@@ -13,7 +13,9 @@
 //! 5. `grpc`: through the balancer's gRPC port, `grpc.health.v1` is SERVING, the golden rows
 //!    over `Predict` are right and a wrong feature count gets `INVALID_ARGUMENT`;
 //! 6. `grpc-versions`: [`SAMPLES`] `Predict` calls over one channel, checked like `versions`
-//!    (each call is routed on its own, so a split shows on a single channel).
+//!    (each call is routed on its own, so a split shows on a single channel);
+//! 7. `replicas`: where a color has several replicas (swarm), every replica of each color the
+//!    split routes to answers `/health` with its version.
 //!
 //! With `--color`, every request names that color in the testers' header (with the token), and
 //! `versions` expects only that color: a tester's view of the standby before a switch.
@@ -53,7 +55,7 @@ pub fn smoke(ctx: &Deployment, url: &str, tester: Option<Color>) -> Result<()> {
     let grpc_url = ctx.rt.grpc_url(Part::Balancer);
     let grpc = tester_probe(ctx, &grpc_url, tester);
 
-    let checks: [(&str, Result<String>); 7] = [
+    let checks: [(&str, Result<String>); 8] = [
         (
             "balancer",
             crate::http::balancer_answers(&client, url)
@@ -86,6 +88,7 @@ pub fn smoke(ctx: &Deployment, url: &str, tester: Option<Color>) -> Result<()> {
                 .and_then(grpc_sample)
                 .and_then(|counts| check_versions(&counts, split, &state)),
         ),
+        ("replicas", replicas(ctx, split)),
     ];
     let mut failed = 0;
     for (name, result) in &checks {
@@ -107,6 +110,24 @@ pub fn smoke(ctx: &Deployment, url: &str, tester: Option<Color>) -> Result<()> {
         bail!("smoke failed: {failed} check(s) failed (see above; `cargo xtask status` shows the live state)");
     }
     Ok(())
+}
+
+/// Every replica of each color the split routes to answers `/health` with its version, where
+/// colors have several (a client reaches any of them).
+fn replicas(ctx: &Deployment, split: Split) -> Result<String> {
+    let probe = crate::http::client_with_timeout(std::time::Duration::from_secs(2))?;
+    let mut seen = Vec::new();
+    for color in Color::ALL.into_iter().filter(|&c| split.share(c) > 0) {
+        let (desired, replicas, problems) = super::replicas::gather(ctx, color, &probe);
+        let Some(desired) = desired else {
+            return Ok("one process per color".into());
+        };
+        if !problems.is_empty() {
+            bail!("{}", problems.join("; "));
+        }
+        seen.push(format!("{color} {}/{desired} healthy", replicas.len()));
+    }
+    Ok(seen.join(", "))
 }
 
 fn health(client: &Client, url: &str) -> Result<String> {
