@@ -11,8 +11,10 @@
 //! operation had swapped it without recording the new state, logs what it did, and releases
 //! the lock. A lock whose agent died with its container is recognised as stale by the next one.
 //!
-//! `mldeploy-agent connect <host:port>` relays one TCP connection over stdin and stdout
-//! ([`relay`]), so the swarm runtime reaches each replica from the balancer's networks.
+//! `mldeploy-agent mux` relays many TCP connections over stdin and stdout as frames
+//! ([`relay`]), so the swarm runtime reaches each replica from the balancer's networks with one
+//! `docker exec` per command; `mldeploy-agent connect <host:port>` relays one connection as raw
+//! bytes (for trying a replica by hand).
 //!
 //! `mldeploy-agent --version` prints the protocol version the deploy tool checks.
 
@@ -45,6 +47,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        ["mux"] => match relay::mux(io::stdin().lock(), io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("mldeploy-agent: mux: {err}");
+                ExitCode::FAILURE
+            }
+        },
         ["connect", target] => match relay::connect(target) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -54,7 +63,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: mldeploy-agent serve <state dir> | mldeploy-agent connect <host:port> | mldeploy-agent --version"
+                "usage: mldeploy-agent serve <state dir> | mldeploy-agent mux | mldeploy-agent connect <host:port> | mldeploy-agent --version"
             );
             ExitCode::from(2)
         }

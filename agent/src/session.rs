@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 use crate::ops::{Dir, Link};
 
 /// The protocol version; the deploy tool reinstalls an agent that answers another.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 /// The lock folder, relative to the state directory.
 const LOCK: &str = "lock.d";
 

@@ -31,7 +31,7 @@ use super::{tar::tar_program, Compose, STATE_DIR};
 use crate::{images, runtime::Link};
 
 /// The protocol the agent must speak (`agent/src/session.rs`).
-pub const PROTOCOL: u64 = 2;
+pub const PROTOCOL: u64 = 3;
 /// The agent's folder in the state volume.
 const AGENT_DIR: &str = ".agent";
 /// The agent's file name.

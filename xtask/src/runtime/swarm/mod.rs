@@ -27,7 +27,6 @@ pub mod tasks;
 
 use std::{
     cell::RefCell,
-    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -36,7 +35,7 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use self::{
-    forward::Forward,
+    forward::{Forwards, Mux},
     spec::{Names, CREATED_SWARM_LABEL, STACK_LABEL},
 };
 use super::{
@@ -77,8 +76,8 @@ pub struct Swarm {
     state: Compose,
     /// `up --replicas`: set on running colors too.
     asked_replicas: Option<u32>,
-    /// Local relays by target address, opened once per command.
-    forwards: RefCell<HashMap<String, u16>>,
+    /// Local relays by target address, opened once per command, all through one agent session.
+    forwards: RefCell<Forwards>,
 }
 
 impl Swarm {
@@ -277,11 +276,9 @@ impl Swarm {
         }
     }
 
-    /// A local URL that reaches `target` (`host:port` on the colors' networks).
+    /// A local URL that reaches `target` (`host:port` on the colors' networks); all of the
+    /// command's such ports relay through one agent session in the balancer's container.
     fn forward(&self, target: &str) -> String {
-        if let Some(port) = self.forwards.borrow().get(target) {
-            return format!("http://127.0.0.1:{port}");
-        }
         let service = format!(
             "label=com.docker.swarm.service.name={}",
             self.names.service(Part::Balancer)
@@ -311,11 +308,15 @@ impl Swarm {
                 .filter(|id| !id.is_empty())
                 .context("the balancer's task is not running")
         });
-        match Forward::start(locate, super::compose::agent_path(), target.to_owned()) {
-            Ok(Forward { port }) => {
-                self.forwards.borrow_mut().insert(target.to_owned(), port);
-                format!("http://127.0.0.1:{port}")
-            }
+        let mux = || {
+            // An agent from an older version of this tool has no `mux`: replace it first (one
+            // `--version` exec when it is current). A balancer that is down fails later, at
+            // the first connection, which is what the caller reports.
+            let _ = self.state.ensure_agent();
+            Mux::docker_exec(locate, super::compose::agent_path())
+        };
+        match self.forwards.borrow_mut().port(target, mux) {
+            Ok(port) => format!("http://127.0.0.1:{port}"),
             // No local port: a URL that refuses, so the caller's check says it cannot connect.
             Err(_) => "http://127.0.0.1:9".to_owned(),
         }
@@ -324,17 +325,24 @@ impl Swarm {
     /// The service's spec values: replicas, `MODEL_VERSION`; `None` when it does not exist.
     fn service_spec(&self, color: Color) -> Result<Option<(u32, String)>> {
         let service = self.names.service(Part::Color(color));
-        if !self.exists("service", &service) {
-            return Ok(None);
-        }
         let format = "{{.Spec.Mode.Replicated.Replicas}} {{range .Spec.TaskTemplate.ContainerSpec.Env}}{{.}} {{end}}";
-        let out = cmd!(
+        // One call: a missing service is the inspect's own error.
+        let output = cmd!(
             self.sh,
             "docker service inspect --format {format} {service}"
         )
         .quiet()
-        .read()
+        .ignore_status()
+        .output()
         .with_context(|| format!("inspect the {color} service"))?;
+        let out = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            let err = String::from_utf8_lossy(&output.stderr);
+            if err.contains("no such service") || err.contains("not found") {
+                return Ok(None);
+            }
+            bail!("inspect the {color} service: {}", err.trim());
+        }
         let mut words = out.split_whitespace();
         let replicas = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
         let version = words
@@ -420,6 +428,15 @@ impl Runtime for Swarm {
         match part {
             Part::Balancer => self.state.url(part),
             Part::Color(color) => self.forward(&format!("{color}:{CONTAINER_PORT}")),
+        }
+    }
+
+    fn address_for_people(&self, part: Part) -> String {
+        match part {
+            Part::Balancer => self.url(part),
+            Part::Color(color) => {
+                format!("{color}:{CONTAINER_PORT} on {}", self.names.network(color))
+            }
         }
     }
 
@@ -714,16 +731,22 @@ impl Runtime for Swarm {
 
     fn replicas(&self, color: Color) -> Result<Vec<Replica>> {
         let service = self.names.service(Part::Color(color));
-        if !self.exists("service", &service) {
-            return Ok(Vec::new());
-        }
-        let ids = cmd!(
+        let listed = cmd!(
             self.sh,
             "docker service ps --quiet --no-trunc --filter desired-state=running {service}"
         )
         .quiet()
-        .read()
+        .ignore_status()
+        .output()
         .with_context(|| format!("list {color}'s tasks"))?;
+        if !listed.status.success() {
+            let err = String::from_utf8_lossy(&listed.stderr);
+            if err.contains("no such service") || err.contains("not found") {
+                return Ok(Vec::new());
+            }
+            bail!("list {color}'s tasks: {}", err.trim());
+        }
+        let ids = String::from_utf8_lossy(&listed.stdout).into_owned();
         let ids: Vec<&str> = ids.split_whitespace().collect();
         if ids.is_empty() {
             return Ok(Vec::new());
