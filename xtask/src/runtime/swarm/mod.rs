@@ -20,29 +20,28 @@
 //!   task started and healthy before its old one stops; swarm rolls a failed update back;
 //! - `up` on an engine in no swarm creates a one-node swarm and marks the node, so that `down`
 //!   leaves that swarm again; a swarm that was there before is left alone.
+//!
+//! Files: this one is the [`Runtime`]; `spec.rs` the services' definitions (pure); `stack.rs`
+//! the swarm, networks and volume and their removal; `converge.rs` a color's service, tasks and
+//! rolling updates; `tasks.rs` parses tasks (pure); `forward.rs` the relay to replicas.
 
+mod converge;
 mod forward;
 pub mod spec;
+mod stack;
 pub mod tasks;
 
-use std::{
-    cell::RefCell,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{cell::RefCell, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use self::{
     forward::{Forwards, Mux},
-    spec::{Names, CREATED_SWARM_LABEL, STACK_LABEL},
+    spec::Names,
 };
 use super::{
-    compose::{
-        project_name, Compose, TarKind, BALANCER_GRPC_PORT, CONTAINER_GRPC_PORT, CONTAINER_PORT,
-        STATE_DIR,
-    },
+    compose::{project_name, Compose, BALANCER_GRPC_PORT, CONTAINER_GRPC_PORT, CONTAINER_PORT},
     HostDir, Part, Replica, Runtime,
 };
 use crate::{config::DeployConfig, domain::Color, http, images, nginx::NginxParams, util};
@@ -113,7 +112,7 @@ impl Swarm {
         })
     }
 
-    fn docker(&self, what: &str, args: &[String]) -> Result<String> {
+    pub(super) fn docker(&self, what: &str, args: &[String]) -> Result<String> {
         let output = cmd!(self.sh, "docker {args...}")
             .quiet()
             .ignore_status()
@@ -129,7 +128,7 @@ impl Swarm {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    fn exists(&self, kind: &str, name: &str) -> bool {
+    pub(super) fn exists(&self, kind: &str, name: &str) -> bool {
         cmd!(self.sh, "docker {kind} inspect --format . {name}")
             .quiet()
             .ignore_stdout()
@@ -139,59 +138,13 @@ impl Swarm {
     }
 
     /// This engine's swarm node ID.
-    fn node_id(&self) -> Result<String> {
+    pub(super) fn node_id(&self) -> Result<String> {
         let format = "{{.Swarm.NodeID}}";
         Ok(cmd!(self.sh, "docker info --format {format}")
             .quiet()
             .read()?
             .trim()
             .to_owned())
-    }
-
-    /// Makes this engine a one-node swarm if it is in none, marking the node so that `down`
-    /// leaves the swarm it made.
-    fn ensure_swarm(&self) -> Result<()> {
-        if is_manager(&self.sh) {
-            return Ok(());
-        }
-        crate::say!(
-            "this engine is in no swarm: creating a one-node swarm (`down` leaves it again)…"
-        );
-        let first = cmd!(self.sh, "docker swarm init")
-            .quiet()
-            .ignore_status()
-            .output()?;
-        if !first.status.success() {
-            let err = String::from_utf8_lossy(&first.stderr);
-            if !err.contains("advertise") {
-                bail!("docker swarm init failed: {}", err.trim());
-            }
-            // Several addresses and none chosen: a one-node swarm advertises loopback.
-            cmd!(self.sh, "docker swarm init --advertise-addr 127.0.0.1")
-                .quiet()
-                .ignore_stdout()
-                .run()
-                .context("docker swarm init --advertise-addr 127.0.0.1")?;
-        }
-        let label = format!("{CREATED_SWARM_LABEL}={}", self.names.stack);
-        let node = self.node_id()?;
-        cmd!(self.sh, "docker node update --label-add {label} {node}")
-            .quiet()
-            .ignore_stdout()
-            .run()
-            .context("mark the node as made by this tool")?;
-        Ok(())
-    }
-
-    fn ensure_networks(&self) -> Result<()> {
-        for color in Color::ALL {
-            let name = self.names.network(color);
-            if !self.exists("network", &name) {
-                let args = spec::network_args(&self.names, &self.config, color);
-                self.docker(&format!("create the {color} network"), &args)?;
-            }
-        }
-        Ok(())
     }
 
     /// The balancer's running task container, if any.
@@ -211,69 +164,6 @@ impl Swarm {
             return Ok(());
         }
         self.start_balancer(&crate::nginx::render(&self.nginx_params()))
-    }
-
-    /// Writes nginx's config (and the empty route folder) into the state volume before the
-    /// balancer's first task starts, through a stopped helper container.
-    fn seed_volume(&self, image: &str, nginx_conf: &str) -> Result<()> {
-        let (volume, seed) = (self.names.volume(), self.names.seed());
-        if !self.exists("volume", &volume) {
-            let label = format!("{STACK_LABEL}={}", self.names.stack);
-            cmd!(self.sh, "docker volume create --label {label} {volume}")
-                .quiet()
-                .ignore_stdout()
-                .run()
-                .context("create the state volume")?;
-        }
-        let _ = cmd!(self.sh, "docker rm --force {seed}")
-            .quiet()
-            .ignore_stdout()
-            .ignore_stderr()
-            .run();
-        let mount = format!("type=volume,source={volume},target={STATE_DIR}");
-        let id = cmd!(
-            self.sh,
-            "docker create --name {seed} --mount {mount} --entrypoint true {image}"
-        )
-        .quiet()
-        .read()
-        .context("create the helper container that seeds the state volume")?;
-        let entries = [
-            ("nginx".to_owned(), TarKind::Dir, ""),
-            ("nginx/nginx.conf".to_owned(), TarKind::File, nginx_conf),
-            ("routes".to_owned(), TarKind::Dir, ""),
-        ];
-        let copied = self.state.copy_into(id.trim(), &entries, STATE_DIR);
-        let _ = cmd!(self.sh, "docker rm --force {seed}")
-            .quiet()
-            .ignore_stdout()
-            .ignore_stderr()
-            .run();
-        copied.context("install nginx's config into the state volume")
-    }
-
-    /// What the service's failed tasks said, newest first, for error messages.
-    fn task_errors(&self, part: Part) -> String {
-        let service = self.names.service(part);
-        let format = "{{.Name}} on {{.Node}}: {{.CurrentState}}: {{.Error}}";
-        let out = cmd!(
-            self.sh,
-            "docker service ps --no-trunc --format {format} {service}"
-        )
-        .quiet()
-        .ignore_status()
-        .read()
-        .unwrap_or_default();
-        let errors: Vec<&str> = out
-            .lines()
-            .filter(|l| !l.trim_end().ends_with(": "))
-            .take(5)
-            .collect();
-        if errors.is_empty() {
-            "no task reported an error".to_owned()
-        } else {
-            errors.join("\n")
-        }
     }
 
     /// A local URL that reaches `target` (`host:port` on the colors' networks); all of the
@@ -319,102 +209,6 @@ impl Swarm {
             Ok(port) => format!("http://127.0.0.1:{port}"),
             // No local port: a URL that refuses, so the caller's check says it cannot connect.
             Err(_) => "http://127.0.0.1:9".to_owned(),
-        }
-    }
-
-    /// The service's spec values: replicas, `MODEL_VERSION`; `None` when it does not exist.
-    fn service_spec(&self, color: Color) -> Result<Option<(u32, String)>> {
-        let service = self.names.service(Part::Color(color));
-        let format = "{{.Spec.Mode.Replicated.Replicas}} {{range .Spec.TaskTemplate.ContainerSpec.Env}}{{.}} {{end}}";
-        // One call: a missing service is the inspect's own error.
-        let output = cmd!(
-            self.sh,
-            "docker service inspect --format {format} {service}"
-        )
-        .quiet()
-        .ignore_status()
-        .output()
-        .with_context(|| format!("inspect the {color} service"))?;
-        let out = String::from_utf8_lossy(&output.stdout);
-        if !output.status.success() {
-            let err = String::from_utf8_lossy(&output.stderr);
-            if err.contains("no such service") || err.contains("not found") {
-                return Ok(None);
-            }
-            bail!("inspect the {color} service: {}", err.trim());
-        }
-        let mut words = out.split_whitespace();
-        let replicas = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        let version = words
-            .find_map(|w| w.strip_prefix("MODEL_VERSION="))
-            .unwrap_or_default()
-            .to_owned();
-        Ok(Some((replicas, version)))
-    }
-
-    /// The service's rolling update state (`updating`, `completed`, `rollback_completed`…) and
-    /// message; empty when it was never updated.
-    fn update_status(&self, color: Color) -> (String, String) {
-        let service = self.names.service(Part::Color(color));
-        let format = "{{if .UpdateStatus}}{{.UpdateStatus.State}}|{{.UpdateStatus.Message}}{{end}}";
-        let out = cmd!(
-            self.sh,
-            "docker service inspect --format {format} {service}"
-        )
-        .quiet()
-        .ignore_status()
-        .read()
-        .unwrap_or_default();
-        let (state, message) = out.trim().split_once('|').unwrap_or(("", ""));
-        (state.to_owned(), message.to_owned())
-    }
-
-    /// Waits until `color` runs `replicas` tasks, all running `version`, and its rolling update
-    /// (if any) completed; fails when swarm paused or rolled the update back, or at the deadline,
-    /// with the tasks' errors and the end of the log.
-    fn wait_converged(&self, color: Color, version: &str, replicas: u32) -> Result<()> {
-        let timeout = self.config.timeouts.healthy + PER_REPLICA * replicas;
-        let start = Instant::now();
-        let mut last_report = Duration::ZERO;
-        loop {
-            let (update, message) = self.update_status(color);
-            if update.starts_with("rollback") || update == "paused" {
-                if update == "rollback_started" {
-                    crate::say!("  swarm is rolling {color}'s update back: {message}");
-                } else {
-                    bail!(
-                        "swarm stopped {color}'s update to {version} ({update}: {message}); the replicas before it keep serving. Its tasks:\n{}\nThe end of its log:\n{}",
-                        self.task_errors(Part::Color(color)),
-                        self.logs(Part::Color(color), 10).unwrap_or_default()
-                    );
-                }
-            }
-            let all = self.replicas(color)?;
-            let ready = all
-                .iter()
-                .filter(|r| r.running() && r.version.as_deref() == Some(version))
-                .count();
-            let updating = update == "updating" || update == "rollback_started";
-            if ready == replicas as usize && all.len() == replicas as usize && !updating {
-                return Ok(());
-            }
-            if start.elapsed() > timeout {
-                bail!(
-                    "{color} did not reach {replicas} healthy replicas of {version} within {:.0} s ({ready} are); its tasks:\n{}\nThe end of its log:\n{}",
-                    timeout.as_secs_f64(),
-                    self.task_errors(Part::Color(color)),
-                    self.logs(Part::Color(color), 10).unwrap_or_default()
-                );
-            }
-            if start.elapsed() - last_report >= Duration::from_secs(5) {
-                last_report = start.elapsed();
-                crate::say!(
-                    "  {color}: {ready} of {replicas} replicas run {version}{}; {:.0} s",
-                    if updating { " (rolling update)" } else { "" },
-                    start.elapsed().as_secs_f64()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
         }
     }
 }
@@ -620,93 +414,7 @@ impl Runtime for Swarm {
     }
 
     fn down(&self) -> Result<()> {
-        self.state.end_agent_session();
-        let label = format!("label={STACK_LABEL}={}", self.names.stack);
-        let services = if is_manager(&self.sh) {
-            cmd!(self.sh, "docker service ls --quiet --filter {label}")
-                .quiet()
-                .read()
-                .context("list the stack's services")?
-        } else {
-            String::new()
-        };
-        let services: Vec<&str> = services.split_whitespace().collect();
-        if !services.is_empty() {
-            cmd!(self.sh, "docker service rm {services...}")
-                .quiet()
-                .ignore_stdout()
-                .run()
-                .context("remove the stack's services")?;
-        }
-        // Tasks drain (10 s at most) before their containers, networks and volume can go.
-        util::poll(
-            "remove the stack's containers, networks and volume",
-            DOWN_TIMEOUT,
-            || {
-                let containers = cmd!(self.sh, "docker ps --all --quiet --filter {label}")
-                    .quiet()
-                    .read()?;
-                let containers: Vec<&str> = containers.split_whitespace().collect();
-                if !containers.is_empty() {
-                    let _ = cmd!(self.sh, "docker rm --force {containers...}")
-                        .quiet()
-                        .ignore_stdout()
-                        .ignore_stderr()
-                        .run();
-                }
-                let networks = cmd!(self.sh, "docker network ls --quiet --filter {label}")
-                    .quiet()
-                    .read()?;
-                for network in networks.split_whitespace() {
-                    let _ = cmd!(self.sh, "docker network rm {network}")
-                        .quiet()
-                        .ignore_stdout()
-                        .ignore_stderr()
-                        .run();
-                }
-                let seed = self.names.seed();
-                let _ = cmd!(self.sh, "docker rm --force {seed}")
-                    .quiet()
-                    .ignore_stdout()
-                    .ignore_stderr()
-                    .run();
-                let volume = self.names.volume();
-                if self.exists("volume", &volume) {
-                    let _ = cmd!(self.sh, "docker volume rm {volume}")
-                        .quiet()
-                        .ignore_stdout()
-                        .ignore_stderr()
-                        .run();
-                }
-                let left_networks = cmd!(self.sh, "docker network ls --quiet --filter {label}")
-                    .quiet()
-                    .read()?;
-                if left_networks.trim().is_empty() && !self.exists("volume", &volume) {
-                    Ok(())
-                } else {
-                    bail!("the networks or the volume are still in use")
-                }
-            },
-        )?;
-        self.state.forget_balancer();
-        // The swarm goes only if `up` made it.
-        if is_manager(&self.sh) {
-            let node = self.node_id()?;
-            let format = format!("{{{{index .Spec.Labels \"{CREATED_SWARM_LABEL}\"}}}}");
-            let made_by = cmd!(self.sh, "docker node inspect --format {format} {node}")
-                .quiet()
-                .read()
-                .unwrap_or_default();
-            if made_by.trim() == self.names.stack {
-                cmd!(self.sh, "docker swarm leave --force")
-                    .quiet()
-                    .ignore_stdout()
-                    .run()
-                    .context("leave the swarm `up` created")?;
-                crate::say!("left the one-node swarm `up` created");
-            }
-        }
-        Ok(())
+        self.remove_stack()
     }
 
     fn apply_config(&self, nginx_conf: &str) -> Result<()> {
@@ -730,69 +438,7 @@ impl Runtime for Swarm {
     }
 
     fn replicas(&self, color: Color) -> Result<Vec<Replica>> {
-        let service = self.names.service(Part::Color(color));
-        let listed = cmd!(
-            self.sh,
-            "docker service ps --quiet --no-trunc --filter desired-state=running {service}"
-        )
-        .quiet()
-        .ignore_status()
-        .output()
-        .with_context(|| format!("list {color}'s tasks"))?;
-        if !listed.status.success() {
-            let err = String::from_utf8_lossy(&listed.stderr);
-            if err.contains("no such service") || err.contains("not found") {
-                return Ok(Vec::new());
-            }
-            bail!("list {color}'s tasks: {}", err.trim());
-        }
-        let ids = String::from_utf8_lossy(&listed.stdout).into_owned();
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let json = cmd!(self.sh, "docker inspect {ids...}")
-            .quiet()
-            .read()
-            .with_context(|| format!("inspect {color}'s tasks"))?;
-        let tasks = tasks::parse_tasks(&json, &self.names.network(color))?;
-        let format = "{{.ID}} {{.Hostname}}";
-        let nodes = tasks::node_names(
-            &cmd!(self.sh, "docker node ls --format {format}")
-                .quiet()
-                .read()
-                .unwrap_or_default(),
-        );
-        Ok(tasks
-            .into_iter()
-            .map(|task| {
-                let (url, grpc_url) = if task.address.is_empty() {
-                    (String::new(), String::new())
-                } else {
-                    (
-                        self.forward(&format!("{}:{CONTAINER_PORT}", task.address)),
-                        self.forward(&format!("{}:{CONTAINER_GRPC_PORT}", task.address)),
-                    )
-                };
-                let state = if task.error.is_empty() || task.state == "running" {
-                    task.state.clone()
-                } else {
-                    format!("{}: {}", task.state, task.error)
-                };
-                Replica {
-                    name: format!("{color}.{}", task.slot),
-                    node: nodes
-                        .get(&task.node_id)
-                        .cloned()
-                        .unwrap_or(task.node_id.clone()),
-                    address: task.address,
-                    state,
-                    version: Some(task.version),
-                    url,
-                    grpc_url,
-                }
-            })
-            .collect())
+        self.list_replicas(color)
     }
 
     fn scale(&self, color: Color, replicas: u32) -> Result<()> {
