@@ -320,5 +320,16 @@ fn render(n: &Numbers, cpu: &str, load_before: &str, connections: u32) -> String
         wrk::ms(n.killing.p99_us),
         wrk::ms(n.killing.max_us),
     );
+    out += BOUND;
     out
 }
+
+/// What bounds these numbers, written under them.
+const BOUND: &str = "\nThe bound: wrk, nginx and every replica share the same 2 cores, so more \
+    replicas add no capacity here (each replica's share of the CPU shrinks as they multiply); \
+    the gain is on several nodes. And nginx 1.22 resolves the replicas per request without \
+    upstream keep-alive, so it opens and closes a connection per request to a replica (the \
+    balancer reuses TIME_WAIT ports, else a few hundred requests a second exhaust them); an \
+    upstream block with keep-alive to one replica's fixed address, measured once the same way, \
+    served about 5 000 req/s. nginx 1.27.3 and later (`resolve` on upstream servers) would keep \
+    both.\n";
