@@ -174,8 +174,8 @@ fn print_where(ctx: &Deployment, state: &DeployState) {
         crate::grpc::address(&ctx.rt.grpc_url(Part::Balancer)),
         state.split,
         state.version(Color::Blue).unwrap_or("?"),
-        ctx.rt.url(Part::Color(Color::Blue)),
+        ctx.rt.address_for_people(Part::Color(Color::Blue)),
         state.version(Color::Green).unwrap_or("?"),
-        ctx.rt.url(Part::Color(Color::Green)),
+        ctx.rt.address_for_people(Part::Color(Color::Green)),
     );
 }

@@ -56,7 +56,11 @@ impl Swarm {
         let out = String::from_utf8_lossy(&output.stdout);
         if !output.status.success() {
             let err = String::from_utf8_lossy(&output.stderr);
-            if err.contains("no such service") || err.contains("not found") {
+            // An engine in no swarm yet has nothing deployed (`up` makes the swarm).
+            if err.contains("no such service")
+                || err.contains("not found")
+                || err.contains("not a swarm manager")
+            {
                 return Ok(None);
             }
             bail!("inspect the {color} service: {}", err.trim());
@@ -149,7 +153,10 @@ impl Swarm {
         .with_context(|| format!("list {color}'s tasks"))?;
         if !listed.status.success() {
             let err = String::from_utf8_lossy(&listed.stderr);
-            if err.contains("no such service") || err.contains("not found") {
+            if err.contains("no such service")
+                || err.contains("not found")
+                || err.contains("not a swarm manager")
+            {
                 return Ok(Vec::new());
             }
             bail!("list {color}'s tasks: {}", err.trim());
