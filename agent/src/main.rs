@@ -19,7 +19,7 @@
 //! `mldeploy-agent --version` prints the protocol version the deploy tool checks.
 
 mod ops;
-mod relay;
+use mldeploy_agent::relay;
 mod session;
 
 use std::{io, path::PathBuf, process::ExitCode};

@@ -36,8 +36,8 @@
 //! bytes from the connection go to stdout, flushed as they arrive, and the process exits when
 //! the peer closes.
 //!
-//! This file uses `std` only: the deploy tool's tests compile it into themselves to run `mux`
-//! end to end against their side of the frames (`xtask/src/runtime/swarm/forward.rs`).
+//! This module is the agent crate's library, `std` only: the deploy tool's side of the frames
+//! (`xtask/src/runtime/swarm/forward.rs`) uses its codec, and its tests run [`mux`] in process.
 
 use std::{
     collections::HashMap,
@@ -88,7 +88,12 @@ pub struct Frame {
 
 /// Writes one frame with a single `write_all`, then flushes, so that frames from several
 /// threads never interleave under the caller's lock and none waits in a buffer.
-pub fn write_frame(out: &mut impl Write, id: u32, kind: Kind, payload: &[u8]) -> io::Result<()> {
+pub fn write_frame(
+    out: &mut (impl Write + ?Sized),
+    id: u32,
+    kind: Kind,
+    payload: &[u8],
+) -> io::Result<()> {
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|_| payload.len() <= MAX_PAYLOAD)
@@ -335,34 +340,24 @@ fn open(target: &str) -> io::Result<TcpStream> {
     }))
 }
 
-/// The tests, and helpers the deploy tool's tests use too.
-#[cfg(test)]
-pub(crate) mod tests {
-    use std::net::TcpListener;
-
-    use super::*;
-
-    #[test]
-    fn an_unresolvable_target_says_so() {
-        let err = open("no-such-host.invalid:80").unwrap_err();
-        assert!(!err.to_string().is_empty());
-    }
-
-    #[test]
-    fn a_closed_port_names_the_address() {
-        let addr = closed_port();
-        let err = open(&addr).unwrap_err();
-        assert!(err.to_string().contains(&addr), "{err}");
-    }
+/// What the tests of both sides of the frames share: inputs split every way, a closed port,
+/// an echo server. Not for the agent's own use.
+#[doc(hidden)]
+pub mod test_support {
+    use std::{
+        io::{self, Read},
+        net::{Shutdown, TcpListener},
+        thread,
+    };
 
     /// Hands out one byte per read, and an `Interrupted` before each: every split a pipe could
     /// make.
-    pub(crate) struct Trickle<R> {
+    pub struct Trickle<R> {
         inner: R,
         interrupt: bool,
     }
 
-    pub(crate) fn trickle<R: Read>(inner: R) -> Trickle<R> {
+    pub fn trickle<R: Read>(inner: R) -> Trickle<R> {
         Trickle {
             inner,
             interrupt: false,
@@ -378,6 +373,49 @@ pub(crate) mod tests {
             let end = buf.len().min(1);
             self.inner.read(&mut buf[..end])
         }
+    }
+
+    /// A port nothing listens on.
+    pub fn closed_port() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    /// A server that sends back what it receives and shuts its write half at the end of input.
+    pub fn echo_server() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                thread::spawn(move || {
+                    let mut reader = conn.try_clone().unwrap();
+                    let mut writer = conn;
+                    let _ = io::copy(&mut reader, &mut writer);
+                    let _ = writer.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        addr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::{test_support::*, *};
+
+    #[test]
+    fn an_unresolvable_target_says_so() {
+        let err = open("no-such-host.invalid:80").unwrap_err();
+        assert!(!err.to_string().is_empty());
+    }
+
+    #[test]
+    fn a_closed_port_names_the_address() {
+        let addr = closed_port();
+        let err = open(&addr).unwrap_err();
+        assert!(err.to_string().contains(&addr), "{err}");
     }
 
     fn encode(frames: &[(u32, Kind, &[u8])]) -> Vec<u8> {
@@ -422,29 +460,6 @@ pub(crate) mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         let err = write_frame(&mut Vec::new(), 1, Kind::Data, &vec![0; MAX_PAYLOAD + 1]);
         assert_eq!(err.unwrap_err().kind(), io::ErrorKind::InvalidInput);
-    }
-
-    /// A port nothing listens on.
-    pub(crate) fn closed_port() -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    }
-
-    /// A server that sends back what it receives and shuts its write half at the end of input.
-    pub(crate) fn echo_server() -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                thread::spawn(move || {
-                    let mut reader = conn.try_clone().unwrap();
-                    let mut writer = conn;
-                    let _ = io::copy(&mut reader, &mut writer);
-                    let _ = writer.shutdown(Shutdown::Write);
-                });
-            }
-        });
-        addr
     }
 
     /// `mux` on a thread, fed and read through pipes: (its input, its output, its result).

@@ -29,7 +29,7 @@ use std::{
 };
 
 use common::{
-    compose::{docker, docker_quiet, engine_available, BLUE_VERSION, GREEN_VERSION},
+    compose::{docker, docker_quiet, engine_available, free_subnets, BLUE_VERSION, GREEN_VERSION},
     free_ports,
     grpc_load::under_grpc_load,
     http::Balancer,
@@ -63,7 +63,8 @@ impl SwarmStack {
         let [balancer, blue, green, balancer_grpc, blue_grpc, green_grpc] =
             free_ports(COMPOSE_PORTS);
         let image = format!("{stack}/ml-service");
-        let (blue_subnet, green_subnet) = free_subnets();
+        let [blue_subnet, green_subnet]: [String; 2] =
+            free_subnets("10.79", 100..=250, 2).try_into().unwrap();
         let config = format!(
             "[balancer]\nport = {balancer}\ngrpc_port = {balancer_grpc}\nbuckets = 100\n\
              [blue]\nversion = \"{BLUE_VERSION}\"\nport = {blue}\ngrpc_port = {blue_grpc}\n\
@@ -243,23 +244,6 @@ fn ensure_swarm() -> bool {
             "the engine is in a swarm but not a manager ({other}): run this test against a manager"
         ),
     }
-}
-
-/// Two /24s under 10.79.0.0/16 that no network uses.
-fn free_subnets() -> (String, String) {
-    let networks = docker(&["network", "ls", "--quiet"]);
-    let mut args = vec![
-        "network",
-        "inspect",
-        "--format",
-        "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
-    ];
-    args.extend(networks.split_whitespace());
-    let used = docker(&args);
-    let mut free = (100..=250)
-        .map(|octet| format!("10.79.{octet}.0/24"))
-        .filter(|subnet| !used.split_whitespace().any(|u| u == subnet));
-    (free.next().unwrap(), free.next().unwrap())
 }
 
 fn now_rfc3339() -> String {

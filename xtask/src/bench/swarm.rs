@@ -41,7 +41,7 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
     docker::ensure_engine(sh).context("start the Docker engine")?;
     host::ensure_commands(sh, &[host::WRK]).context("install wrk")?;
     let load_before = report::load_average();
-    let made_swarm = one_node_swarm(sh)?;
+    let made_swarm = crate::runtime::swarm::one_node_swarm(sh)?;
     let result = (|| {
         let stack = Stack::new(sh)?;
         let numbers = measure(sh, &stack, bench);
@@ -64,26 +64,6 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
         bail!("{failed} requests failed while switching or while a replica was killed");
     }
     Ok(())
-}
-
-/// Makes the engine a one-node swarm manager unless it is in a swarm; whether it did.
-fn one_node_swarm(sh: &Shell) -> Result<bool> {
-    let format = "{{.Swarm.LocalNodeState}}";
-    let state = cmd!(sh, "docker info --format {format}").quiet().read()?;
-    match state.trim() {
-        "inactive" => {
-            cmd!(sh, "docker swarm init --advertise-addr 127.0.0.1")
-                .quiet()
-                .ignore_stdout()
-                .run()
-                .context("docker swarm init")?;
-            Ok(true)
-        }
-        _ if crate::runtime::swarm::is_manager(sh) => Ok(false),
-        other => {
-            bail!("the engine is in a swarm ({other}) but not a manager: run this on a manager")
-        }
-    }
 }
 
 /// The benchmark's stack: a private configuration and binary; `down` when dropped.

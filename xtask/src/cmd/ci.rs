@@ -128,7 +128,7 @@ impl flags::Ci {
                     bail!("no swarm end-to-end tests found under xtask/tests/swarm_*.rs");
                 }
                 crate::docker::ensure_engine(sh)?;
-                let made = one_node_swarm(sh)?;
+                let made = crate::runtime::swarm::one_node_swarm(sh)?;
                 let _require = sh.push_env("MLDEPLOY_REQUIRE_DOCKER", "1");
                 let result = cmd!(sh, "cargo test --locked -p xtask {test_flags...} -- --include-ignored --test-threads 1 --nocapture")
                     .run()
@@ -191,22 +191,6 @@ impl Steps {
             crate::say!("  {name:<20} {outcome}");
         }
     }
-}
-
-/// Makes the engine a one-node swarm manager unless it is in a swarm; whether it did.
-fn one_node_swarm(sh: &Shell) -> Result<bool> {
-    let format = "{{.Swarm.LocalNodeState}}";
-    let state = cmd!(sh, "docker info --format {format}").quiet().read()?;
-    if state.trim() != "inactive" {
-        return Ok(false);
-    }
-    crate::say!("making the engine a one-node swarm manager for the swarm tests…");
-    cmd!(sh, "docker swarm init --advertise-addr 127.0.0.1")
-        .quiet()
-        .ignore_stdout()
-        .run()
-        .context("docker swarm init")?;
-    Ok(true)
 }
 
 /// `--test <name>` for each integration test target under `xtask/tests/` whose file name

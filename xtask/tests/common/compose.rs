@@ -225,6 +225,11 @@ impl Drop for Stack {
 
 /// A /24 under 172.30.0.0/16 that no Docker network uses yet.
 fn free_subnet() -> String {
+    free_subnets("172.30", 150..=250, 1).remove(0)
+}
+
+/// `n` /24s `<prefix>.<octet>.0/24`, `octet` in `octets`, that no Docker network uses yet.
+pub fn free_subnets(prefix: &str, octets: std::ops::RangeInclusive<u8>, n: usize) -> Vec<String> {
     let networks = docker(&["network", "ls", "--quiet"]);
     let mut args = vec![
         "network",
@@ -234,10 +239,13 @@ fn free_subnet() -> String {
     ];
     args.extend(networks.split_whitespace());
     let used = docker(&args);
-    (150..=250)
-        .map(|octet| format!("172.30.{octet}.0/24"))
-        .find(|subnet| !used.split_whitespace().any(|u| u == subnet))
-        .expect("every 172.30.150-250.0/24 subnet is taken")
+    let free: Vec<String> = octets
+        .map(|octet| format!("{prefix}.{octet}.0/24"))
+        .filter(|subnet| !used.split_whitespace().any(|u| u == subnet))
+        .take(n)
+        .collect();
+    assert_eq!(free.len(), n, "fewer than {n} free {prefix}.x.0/24 subnets");
+    free
 }
 
 /// `docker <args>`'s stdout, whatever its exit status.

@@ -31,68 +31,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use mldeploy_agent::relay::{read_frame, write_frame, Frame, Kind};
 
-/// The longest payload a frame may declare (the agent's `MAX_PAYLOAD`).
-const MAX_PAYLOAD: usize = 1 << 20;
 /// The most bytes one `DATA` frame carries from a local socket.
 const CHUNK: usize = 32 * 1024;
-
-/// What a frame says (the byte after the id).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Open = 1,
-    Data = 2,
-    Eof = 3,
-    Close = 4,
-}
-
-/// Writes one frame with a single `write_all` (so frames from several threads never interleave
-/// under the caller's lock), then flushes.
-fn write_frame(out: &mut dyn Write, id: u32, kind: Kind, payload: &[u8]) -> io::Result<()> {
-    if payload.len() > MAX_PAYLOAD {
-        let what = format!("a frame of {} bytes (at most {MAX_PAYLOAD})", payload.len());
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, what));
-    }
-    let mut frame = Vec::with_capacity(9 + payload.len());
-    frame.extend_from_slice(&id.to_be_bytes());
-    frame.push(kind as u8);
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(payload);
-    out.write_all(&frame)?;
-    out.flush()
-}
-
-/// Reads one frame (id, kind, payload), however the input splits it; `None` when the input
-/// ends between frames. An input that ends inside a frame, an unknown kind or an oversized
-/// length is an error.
-fn read_frame(input: &mut impl Read) -> io::Result<Option<(u32, Kind, Vec<u8>)>> {
-    let mut header = [0u8; 9];
-    // The first byte tells the end of the input from a frame cut short.
-    loop {
-        match input.read(&mut header[..1]) {
-            Ok(0) => return Ok(None),
-            Ok(_) => break,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
-    }
-    input.read_exact(&mut header[1..])?;
-    let [a, b, c, d, kind, e, f, g, h] = header;
-    let invalid = |what: String| Err(io::Error::new(io::ErrorKind::InvalidData, what));
-    let kinds = [Kind::Open, Kind::Data, Kind::Eof, Kind::Close];
-    let Some(kind) = kinds.into_iter().find(|k| *k as u8 == kind) else {
-        return invalid(format!(
-            "frame kind {kind} is none of OPEN, DATA, EOF, CLOSE (an outdated agent?)"
-        ));
-    };
-    let len = u32::from_be_bytes([e, f, g, h]) as usize;
-    if len > MAX_PAYLOAD {
-        return invalid(format!("a frame of {len} bytes (at most {MAX_PAYLOAD})"));
-    }
-    let mut payload = vec![0u8; len];
-    input.read_exact(&mut payload)?;
-    Ok(Some((u32::from_be_bytes([a, b, c, d]), kind, payload)))
-}
 
 /// Locks `mutex`, also after a thread panicked holding it (every critical section is a single
 /// insert, remove or frame write, so the data stays consistent).
@@ -254,7 +196,7 @@ impl Session {
     fn dispatch(&self, output: Box<dyn Read + Send>, child: Option<Child>) {
         let mut output = BufReader::with_capacity(64 * 1024, output);
         let clean_end = loop {
-            let (id, kind, payload) = match read_frame(&mut output) {
+            let Frame { id, kind, payload } = match read_frame(&mut output) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break true,
                 Err(_) => break false,
@@ -408,89 +350,16 @@ impl Forwards {
     }
 }
 
-/// The agent's relay (`std` only), compiled in: the tests run its `mux` loop on a thread in
-/// place of `docker exec`, and check that both sides agree on the frames.
-#[cfg(test)]
-#[allow(dead_code)]
-#[path = "../../../../agent/src/relay.rs"]
-mod agent;
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use super::agent::tests::{closed_port, echo_server, trickle};
+    use mldeploy_agent::relay::{
+        mux,
+        test_support::{closed_port, echo_server},
+    };
+
     use super::*;
-
-    const FRAMES: [(u32, Kind, &[u8]); 4] = [
-        (1, Kind::Open, b"10.77.11.6:8000"),
-        (u32::MAX, Kind::Data, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
-        (1, Kind::Eof, b""),
-        (7, Kind::Close, b"connect to 10.77.11.6:8000: refused"),
-    ];
-
-    fn encode(frames: &[(u32, Kind, &[u8])]) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        for &(id, kind, payload) in frames {
-            write_frame(&mut bytes, id, kind, payload).unwrap();
-        }
-        bytes
-    }
-
-    #[test]
-    fn frames_round_trip_through_byte_at_a_time_reads() {
-        let big = vec![7u8; MAX_PAYLOAD];
-        let mut sent = FRAMES.to_vec();
-        sent.push((2, Kind::Data, &big));
-        let bytes = encode(&sent);
-        assert_eq!(&bytes[..9], &[0, 0, 0, 1, 1, 0, 0, 0, 15]);
-        let mut input = trickle(bytes.as_slice());
-        for (id, kind, payload) in sent {
-            let frame = read_frame(&mut input).unwrap();
-            assert_eq!(frame, Some((id, kind, payload.to_vec())));
-        }
-        assert_eq!(read_frame(&mut input).unwrap(), None);
-    }
-
-    #[test]
-    fn a_truncated_or_foreign_stream_is_an_error() {
-        let bytes = encode(&[(3, Kind::Data, b"hello")]);
-        for cut in [4, bytes.len() - 1] {
-            let err = read_frame(&mut trickle(&bytes[..cut])).unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "cut at {cut}");
-        }
-        let err = read_frame(&mut &b"usage: mldeploy-agent serve"[..]).unwrap_err();
-        assert!(err.to_string().contains("outdated agent"), "{err}");
-        let err = read_frame(&mut &[0, 0, 0, 1, 2, 255, 0, 0, 0][..]).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        let err = write_frame(&mut Vec::new(), 1, Kind::Data, &vec![0; MAX_PAYLOAD + 1]);
-        assert_eq!(err.unwrap_err().kind(), io::ErrorKind::InvalidInput);
-    }
-
-    #[test]
-    fn frames_agree_with_the_agent() {
-        assert_eq!(MAX_PAYLOAD, agent::MAX_PAYLOAD);
-        let kinds = [
-            agent::Kind::Open,
-            agent::Kind::Data,
-            agent::Kind::Eof,
-            agent::Kind::Close,
-        ];
-        let mut theirs = Vec::new();
-        for (id, kind, payload) in FRAMES {
-            agent::write_frame(&mut theirs, id, kinds[kind as usize - 1], payload).unwrap();
-        }
-        let ours = encode(&FRAMES);
-        assert_eq!(ours, theirs);
-        let mut input = ours.as_slice();
-        for (id, kind, payload) in FRAMES {
-            let frame = agent::read_frame(&mut input).unwrap().unwrap();
-            assert_eq!(
-                (frame.id, frame.kind as u8, &frame.payload[..]),
-                (id, kind as u8, payload)
-            );
-        }
-    }
 
     /// A session whose agent side is `agent` on a thread, over pipes.
     fn pipe_to(
@@ -511,7 +380,7 @@ mod tests {
     fn in_process(launches: Arc<AtomicUsize>) -> Mux {
         Mux::new(move || {
             launches.fetch_add(1, Ordering::SeqCst);
-            pipe_to(|input, output| drop(agent::mux(input, output)))
+            pipe_to(|input, output| drop(mux(input, output)))
         })
     }
 
@@ -580,10 +449,10 @@ mod tests {
         let mux = Mux::new(move || match counted.fetch_add(1, Ordering::SeqCst) {
             // The first session's agent takes the `OPEN`, then dies (its pipes close).
             0 => pipe_to(|mut input, _output| {
-                let (_, kind, _) = read_frame(&mut input).unwrap().unwrap();
+                let kind = read_frame(&mut input).unwrap().unwrap().kind;
                 assert_eq!(kind, Kind::Open);
             }),
-            _ => pipe_to(|input, output| drop(agent::mux(input, output))),
+            _ => pipe_to(|input, output| drop(mux(input, output))),
         });
         let port = Forwards::default().port(&echo_server(), || mux).unwrap();
         let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();

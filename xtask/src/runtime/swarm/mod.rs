@@ -66,6 +66,28 @@ pub fn is_manager(sh: &Shell) -> bool {
         .is_ok_and(|out| out.trim() == "true")
 }
 
+/// Makes the engine a one-node swarm manager (advertising loopback) unless it is one already;
+/// whether it did, so the caller leaves that swarm when done. An engine that is a swarm
+/// worker is an error: nothing can be deployed from it.
+pub fn one_node_swarm(sh: &Shell) -> Result<bool> {
+    let format = "{{.Swarm.LocalNodeState}}";
+    let state = cmd!(sh, "docker info --format {format}").quiet().read()?;
+    match state.trim() {
+        "inactive" => {
+            cmd!(sh, "docker swarm init --advertise-addr 127.0.0.1")
+                .quiet()
+                .ignore_stdout()
+                .run()
+                .context("docker swarm init")?;
+            Ok(true)
+        }
+        _ if is_manager(sh) => Ok(false),
+        other => bail!(
+            "the engine is in a swarm ({other}) but not a manager: point DOCKER_HOST at a manager"
+        ),
+    }
+}
+
 /// A Docker Swarm stack.
 pub struct Swarm {
     sh: Shell,
