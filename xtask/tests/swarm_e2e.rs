@@ -223,6 +223,7 @@ impl Drop for SwarmStack {
         }
         if self.made_swarm {
             let _ = docker_quiet(&["swarm", "leave", "--force"]);
+            let _ = docker_quiet(&["network", "rm", "docker_gwbridge"]);
         }
     }
 }

@@ -49,10 +49,7 @@ pub(crate) fn run(sh: &Shell, _global: &flags::Global, bench: &flags::Bench) -> 
         numbers
     })();
     if made_swarm {
-        let _ = cmd!(sh, "docker swarm leave --force")
-            .quiet()
-            .ignore_stdout()
-            .run();
+        let _ = crate::runtime::swarm::leave_swarm(sh);
     }
     let numbers = result?;
     let report = render(&numbers, &report::cpu(), &load_before, bench.connections);

@@ -134,10 +134,7 @@ impl flags::Ci {
                     .run()
                     .context("swarm end-to-end tests failed");
                 if made {
-                    let left = cmd!(sh, "docker swarm leave --force")
-                        .quiet()
-                        .ignore_stdout()
-                        .run()
+                    let left = crate::runtime::swarm::leave_swarm(sh)
                         .context("leave the one-node swarm set up for the tests");
                     result?;
                     return left;

@@ -88,6 +88,22 @@ pub fn one_node_swarm(sh: &Shell) -> Result<bool> {
     }
 }
 
+/// Leaves the swarm this machine's tools made ([`one_node_swarm`], or `up`), and removes the
+/// `docker_gwbridge` network the engine made with it (no container uses it any more).
+pub fn leave_swarm(sh: &Shell) -> Result<()> {
+    cmd!(sh, "docker swarm leave --force")
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .context("leave the swarm")?;
+    let _ = cmd!(sh, "docker network rm docker_gwbridge")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run();
+    Ok(())
+}
+
 /// A Docker Swarm stack.
 pub struct Swarm {
     sh: Shell,

@@ -182,11 +182,7 @@ impl Swarm {
                 .read()
                 .unwrap_or_default();
             if made_by.trim() == self.names.stack {
-                cmd!(self.sh, "docker swarm leave --force")
-                    .quiet()
-                    .ignore_stdout()
-                    .run()
-                    .context("leave the swarm `up` created")?;
+                super::leave_swarm(&self.sh).context("leave the swarm `up` created")?;
                 crate::say!("left the one-node swarm `up` created");
             }
         }
