@@ -13,7 +13,8 @@
 //! 3. one replica of the active color killed under load: 0 failed requests; swarm replaces it
 //!    with a new address, and nginx sends it traffic with no reload (the same worker processes);
 //! 4. one replica of the standby frozen: `switch` is refused, naming that replica, and traffic
-//!    stays where it was;
+//!    stays where it was; a `deploy` of a version whose model is missing: swarm rolls the
+//!    standby's update back, the deploy is refused, nothing switches;
 //! 5. `scale` the standby to 1 and back to 3; `status` follows;
 //! 6. `down` leaves no service, container, network or volume of the stack (and the swarm, which
 //!    it did not create, in place).
@@ -237,7 +238,7 @@ fn ensure_swarm() -> bool {
     ]);
     match state.trim() {
         "active true" => false,
-        "inactive" => {
+        "inactive false" => {
             docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
             true
         }
@@ -368,6 +369,29 @@ fn swarm_runtime_end_to_end() {
             .len()
             == 3),
         "green did not return to 3 healthy replicas"
+    );
+
+    // A version whose model is missing: its first new task exits, swarm rolls the standby's
+    // update back, nothing switches.
+    step("a broken version is rolled back by swarm, traffic stays");
+    let out = stack.xtask.run(&["deploy", "--version", "v9.9.9"]);
+    assert!(
+        !out.status.success(),
+        "deploying a missing version succeeded"
+    );
+    let err = common::xtask::stderr(&out);
+    assert!(
+        err.contains("swarm stopped green's update to v9.9.9"),
+        "the refusal does not say swarm rolled the update back: {err}"
+    );
+    assert_eq!(stack.status()["active"], "blue");
+    assert_eq!(stack.balancer.served_version(5), GREEN_VERSION);
+    assert!(
+        poll_until(Duration::from_secs(60), || stack
+            .healthy_addresses("green")
+            .len()
+            == 3),
+        "green did not keep 3 healthy replicas of its version"
     );
 
     // 5. Scale the standby down and up.

@@ -30,7 +30,8 @@ impl Swarm {
         .unwrap_or_default();
         let errors: Vec<&str> = out
             .lines()
-            .filter(|l| !l.trim_end().ends_with(": "))
+            // Tasks without an error end with the separator.
+            .filter(|l| !l.trim_end().ends_with(':'))
             .take(5)
             .collect();
         if errors.is_empty() {
@@ -98,11 +99,15 @@ impl Swarm {
         let timeout = self.config.timeouts.healthy + PER_REPLICA * replicas;
         let start = Instant::now();
         let mut last_report = Duration::ZERO;
+        let mut said_rollback = false;
         loop {
             let (update, message) = self.update_status(color);
             if update.starts_with("rollback") || update == "paused" {
                 if update == "rollback_started" {
-                    crate::say!("  swarm is rolling {color}'s update back: {message}");
+                    if !said_rollback {
+                        crate::say!("  swarm is rolling {color}'s update back: {message}");
+                        said_rollback = true;
+                    }
                 } else {
                     bail!(
                         "swarm stopped {color}'s update to {version} ({update}: {message}); the replicas before it keep serving. Its tasks:\n{}\nThe end of its log:\n{}",
