@@ -6,7 +6,7 @@
 //! state volume, free ports, its own image name), driven by the real `cargo xtask` binary with
 //! `--runtime swarm`. Steps of [`swarm_runtime_end_to_end`]:
 //! 1. `build`, `up` with 3 replicas per color, `status` lists 3 healthy replicas per color on
-//!    distinct addresses, `smoke`;
+//!    distinct addresses, `smoke`; a `shadow` run under load, every replica's journal read;
 //! 2. under HTTP and gRPC keep-alive load through the balancer: switches, a rollback, a stepped
 //!    canary and a `deploy` (a rolling update of the standby's 3 replicas): 0 failed requests
 //!    and 0 failed calls;
@@ -280,6 +280,37 @@ fn swarm_runtime_end_to_end() {
     }
     stack.ok(&["smoke"]);
     assert_eq!(stack.balancer.served_version(5), BLUE_VERSION);
+    // A shadow run: copies go to any of green's replicas, answers come from any of blue's;
+    // every replica's journal is read and joined by shadow id.
+    let (shadow, tally) = under_load(&stack.balancer, 4, |_| {
+        stdout(
+            &stack
+                .xtask
+                .ok(&[
+                    "shadow",
+                    "--percent",
+                    "100",
+                    "--requests",
+                    "300",
+                    "--duration",
+                    "60",
+                    "--format",
+                    "json",
+                ])
+                .0,
+        )
+    });
+    tally.assert_no_failures("a shadow run over 3 replicas per color");
+    let report: Value = serde_json::from_str(&shadow).unwrap();
+    assert!(
+        report["rows_compared"].as_u64().unwrap() >= 300,
+        "{report:#}"
+    );
+    assert_eq!(
+        report["agreement"]["fraction"].as_f64(),
+        Some(1.0),
+        "{report:#}"
+    );
 
     // 2. Switches, a rollback, a stepped canary and a deploy under load.
     step("switches, rollback, canary, deploy under HTTP and gRPC load");

@@ -8,7 +8,8 @@
 //! 3. wait until the duration has passed or enough copies were answered, printing progress;
 //! 4. stop the mirror, on every exit path (a guard), then wait out the mirror's budget so the
 //!    last copies are answered;
-//! 5. fetch both journals since their marks, join them by shadow id, and replay a sample of
+//! 5. fetch both colors' journals since their marks (every replica's, where a color has
+//!    several: each keeps its own), join them by shadow id, and replay a sample of
 //!    the active color's own inputs to it again (the noise floor: how much the active model
 //!    disagrees with itself);
 //! 6. analyse ([`crate::domain::shadow`]) and return the analysis; the caller renders it and
@@ -123,33 +124,25 @@ pub fn observe(ctx: &Deployment, options: &Options) -> Result<Analysis, Stopped>
         .stop_with(Outcome::Refused);
     };
     let candidate = active.other();
-    for color in [active, candidate] {
-        if let Some(n) = ctx.rt.desired_replicas(color).stop_with(Outcome::Refused)? {
-            if n > 1 {
-                return Err(anyhow::anyhow!(
-                    "{color} runs {n} replicas, and a shadow run compares one journal per color: \
-                     `cargo xtask scale --color {color} --replicas 1` for the run (and back after), or shadow on compose"
-                ))
-                .stop_with(Outcome::Refused);
-            }
-        }
-    }
     let versions = (
         state.version(active).unwrap_or("?").to_owned(),
         state.version(candidate).unwrap_or("?").to_owned(),
     );
-    let (active_url, candidate_url) = (
-        ctx.rt.url(Part::Color(active)),
-        ctx.rt.url(Part::Color(candidate)),
+    // Each replica keeps its own journal: a side is every replica's, joined by shadow id.
+    let (active_urls, candidate_urls) = (
+        journals(ctx, active).stop_with(Outcome::Refused)?,
+        journals(ctx, candidate).stop_with(Outcome::Refused)?,
     );
-    gates::healthy_version(&ctx.client, &candidate_url)
-        .with_context(|| {
-            format!("the standby {candidate} is not healthy, so it cannot be shadowed (`cargo xtask up` starts it; `cargo xtask status` shows why)")
-        })
-        .stop_with(Outcome::Refused)?;
+    for url in &candidate_urls {
+        gates::healthy_version(&ctx.client, url)
+            .with_context(|| {
+                format!("the standby {candidate} is not healthy at {url}, so it cannot be shadowed (`cargo xtask up` starts it; `cargo xtask status` shows why)")
+            })
+            .stop_with(Outcome::Refused)?;
+    }
     let marks = (
-        journal_mark(&ctx.client, &active_url).stop_with(Outcome::Refused)?,
-        journal_mark(&ctx.client, &candidate_url).stop_with(Outcome::Refused)?,
+        journal_marks(&ctx.client, &active_urls).stop_with(Outcome::Refused)?,
+        journal_marks(&ctx.client, &candidate_urls).stop_with(Outcome::Refused)?,
     );
 
     progress!(
@@ -173,9 +166,15 @@ pub fn observe(ctx: &Deployment, options: &Options) -> Result<Analysis, Stopped>
     let quick =
         crate::http::client_with_timeout(Duration::from_millis(500)).stop_with(Outcome::Failed)?;
     loop {
-        let answered = journal_mark(&quick, &candidate_url)
-            .map(|last| last.saturating_sub(marks.1))
-            .unwrap_or(0);
+        let answered: u64 = candidate_urls
+            .iter()
+            .zip(&marks.1)
+            .map(|(url, &mark)| {
+                journal_mark(&quick, url)
+                    .map(|last| last.saturating_sub(mark))
+                    .unwrap_or(0)
+            })
+            .sum();
         if started.elapsed() >= options.duration || options.requests.is_some_and(|n| answered >= n)
         {
             break;
@@ -194,26 +193,32 @@ pub fn observe(ctx: &Deployment, options: &Options) -> Result<Analysis, Stopped>
     thread::sleep(Duration::from_millis(ctx.config.shadow.timeout_ms + 100));
     let observed = started.elapsed();
 
-    let active_records =
-        fetch_patiently(&ctx.client, &active_url, marks.0).stop_with(Outcome::Failed)?;
-    // A standby that hung or died during the run has answered nothing we can read: its
-    // copies count as unanswered, and the report says so.
-    let candidate_records = match fetch_patiently(&ctx.client, &candidate_url, marks.1) {
-        Ok(records) => records,
-        Err(err) => {
-            progress!(
-                "shadow: {candidate}'s journal cannot be read ({err:#}); every copy sent to it counts as unanswered"
-            );
-            Fetched {
-                records: Vec::new(),
-                evicted: 0,
-            }
-        }
+    let mut active_records = Fetched {
+        records: Vec::new(),
+        evicted: 0,
     };
+    for (url, &mark) in active_urls.iter().zip(&marks.0) {
+        let fetched = fetch_patiently(&ctx.client, url, mark).stop_with(Outcome::Failed)?;
+        active_records.add(fetched);
+    }
+    // A standby replica that hung or died during the run has answered nothing we can read: its
+    // copies count as unanswered, and the report says so.
+    let mut candidate_records = Fetched {
+        records: Vec::new(),
+        evicted: 0,
+    };
+    for (url, &mark) in candidate_urls.iter().zip(&marks.1) {
+        match fetch_patiently(&ctx.client, url, mark) {
+            Ok(fetched) => candidate_records.add(fetched),
+            Err(err) => progress!(
+                "shadow: {candidate}'s journal at {url} cannot be read ({err:#}); every copy sent there counts as unanswered"
+            ),
+        }
+    }
     let joined = analysis::join(&active_records.records, &candidate_records.records);
     let replays = replay(
         &ctx.client,
-        &active_url,
+        &active_urls[0],
         &joined.paired_active(FLOOR_SAMPLE),
     );
     let floor = analysis::noise_floor(&joined.paired_active(FLOOR_SAMPLE), &replays);
@@ -262,6 +267,29 @@ pub fn reading(ctx: &Deployment) -> Result<Mirror> {
 }
 
 /// The sequence number of the newest record in the journal at `url`.
+/// Where `color`'s shadow journals are read: its own address, or each running replica's.
+fn journals(ctx: &Deployment, color: Color) -> Result<Vec<String>> {
+    if ctx.rt.desired_replicas(color)?.is_none() {
+        return Ok(vec![ctx.rt.url(Part::Color(color))]);
+    }
+    let urls: Vec<String> = ctx
+        .rt
+        .replicas(color)?
+        .into_iter()
+        .filter(|r| r.running())
+        .map(|r| r.url)
+        .collect();
+    if urls.is_empty() {
+        bail!("{color} has no running replica");
+    }
+    Ok(urls)
+}
+
+/// Each journal's newest record number, in the order of `urls`.
+fn journal_marks(client: &Client, urls: &[String]) -> Result<Vec<u64>> {
+    urls.iter().map(|url| journal_mark(client, url)).collect()
+}
+
 fn journal_mark(client: &Client, url: &str) -> Result<u64> {
     Ok(page(client, url, 0, 0)?.last)
 }
@@ -287,6 +315,14 @@ fn page(client: &Client, url: &str, after: u64, limit: usize) -> Result<Page> {
 struct Fetched {
     records: Vec<Record>,
     evicted: u64,
+}
+
+impl Fetched {
+    /// Another replica's journal of the same side.
+    fn add(&mut self, other: Fetched) {
+        self.records.extend(other.records);
+        self.evicted += other.evicted;
+    }
 }
 
 /// [`fetch_since`], retried for a while: a color that was just slow or stopped may answer.
