@@ -271,6 +271,19 @@ fn available(who: &str, why: &str, missing: Vec<(&str, &str)>) -> bool {
     false
 }
 
+/// Runs `command` (`docker <args>` against the engine at `docker_host`); its stdout. Panics,
+/// naming the engine and the arguments, unless it succeeded.
+pub(crate) fn docker_stdout(mut command: Command, docker_host: &str, args: &[&str]) -> String {
+    let out = output(&mut command);
+    assert!(
+        out.status.success(),
+        "docker -H {docker_host} {}:\n{}",
+        args.join(" "),
+        describe(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A deploy host: its own network namespace, Docker engine and sshd. Removed when dropped.
 pub struct DeployHost {
     pub names: Names,
@@ -372,15 +385,7 @@ impl DeployHost {
 
     /// `docker <args>` against the host (over SSH); its stdout. Panics unless it succeeded.
     pub fn docker(&self, args: &[&str]) -> String {
-        let out = output(&mut self.docker_command(args));
-        assert!(
-            out.status.success(),
-            "docker -H {} {}:\n{}",
-            self.docker_host(),
-            args.join(" "),
-            describe(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        docker_stdout(self.docker_command(args), &self.docker_host(), args)
     }
 
     /// Copies `image` from this machine's engine to the host's (`docker save | docker load`

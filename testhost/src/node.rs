@@ -10,8 +10,7 @@ use std::{
 };
 
 use super::{
-    bounded, copy_image, describe, make_private_dir, output, poll_every, Engine, Names,
-    COMMAND_TIMEOUT,
+    bounded, copy_image, make_private_dir, output, poll_every, Engine, Names, COMMAND_TIMEOUT,
 };
 
 /// How long a node's swarm component gets to be `active` again after its engine started.
@@ -81,15 +80,7 @@ impl Node {
 
     /// `docker <args>` against its engine; its stdout. Panics unless it succeeded.
     pub fn docker(&self, args: &[&str]) -> String {
-        let out = output(&mut self.docker_command(args));
-        assert!(
-            out.status.success(),
-            "docker -H {} {}:\n{}",
-            self.docker_host(),
-            args.join(" "),
-            describe(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::docker_stdout(self.docker_command(args), &self.docker_host(), args)
     }
 
     /// `docker <args>` against its engine: its stdout if it succeeded.
@@ -181,40 +172,37 @@ impl Node {
     /// `docker swarm init` on the node's address (the control plane's, gossip's and VXLAN's),
     /// with `heartbeat` as the dispatcher's heartbeat period; the worker join token.
     pub(crate) fn swarm_init(&self, heartbeat: Duration) -> String {
-        let addr = self.addr.to_string();
-        self.docker(&[
-            "swarm",
-            "init",
-            "--advertise-addr",
-            &addr,
-            "--listen-addr",
-            &format!("{addr}:2377"),
-            "--data-path-addr",
-            &addr,
-            "--dispatcher-heartbeat",
-            &format!("{}s", heartbeat.as_secs().max(1)),
-        ]);
+        let heartbeat = format!("{}s", heartbeat.as_secs().max(1));
+        let mut args = vec!["swarm", "init", "--dispatcher-heartbeat", &heartbeat];
+        let own = self.own_address_flags();
+        args.extend(own.iter().map(String::as_str));
+        self.docker(&args);
         self.docker(&["swarm", "join-token", "--quiet", "worker"])
             .trim()
             .to_owned()
     }
 
+    /// The swarm's control plane and VXLAN on the node's own address (it has no other).
+    fn own_address_flags(&self) -> Vec<String> {
+        let addr = self.addr.to_string();
+        vec![
+            "--advertise-addr".into(),
+            addr.clone(),
+            "--listen-addr".into(),
+            format!("{addr}:2377"),
+            "--data-path-addr".into(),
+            addr,
+        ]
+    }
+
     /// `docker swarm join` as a worker, over `manager:2377`, on the node's address.
     pub(crate) fn swarm_join(&self, token: &str, manager: Ipv4Addr) {
-        let addr = self.addr.to_string();
-        self.docker(&[
-            "swarm",
-            "join",
-            "--token",
-            token,
-            "--advertise-addr",
-            &addr,
-            "--listen-addr",
-            &format!("{addr}:2377"),
-            "--data-path-addr",
-            &addr,
-            &format!("{manager}:2377"),
-        ]);
+        let manager = format!("{manager}:2377");
+        let mut args = vec!["swarm", "join", "--token", token];
+        let own = self.own_address_flags();
+        args.extend(own.iter().map(String::as_str));
+        args.push(&manager);
+        self.docker(&args);
         self.node_id();
     }
 

@@ -301,18 +301,16 @@ fn node_indexes(c: &ClusterNames) -> BTreeSet<usize> {
 }
 
 fn netns_names() -> Vec<String> {
-    fs::read_dir("/run/netns")
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    dir_names("/run/netns")
 }
 
 fn link_names() -> Vec<String> {
-    fs::read_dir("/sys/class/net")
+    dir_names("/sys/class/net")
+}
+
+/// The names in folder `path`; none when it cannot be read.
+fn dir_names(path: &str) -> Vec<String> {
+    fs::read_dir(path)
         .map(|entries| {
             entries
                 .flatten()

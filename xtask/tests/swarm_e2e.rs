@@ -176,6 +176,26 @@ impl SwarmStack {
             .collect()
     }
 
+    /// `what` (its output `out`) was refused saying `says`; blue still takes all traffic,
+    /// serving v1.1.0, and green has 3 healthy replicas again within a minute.
+    fn assert_refused_and_unchanged(&self, out: &std::process::Output, what: &str, says: &str) {
+        assert!(!out.status.success(), "{what} succeeded");
+        let err = common::xtask::stderr(out);
+        assert!(
+            err.contains(says),
+            "{what}: the refusal does not say {says:?}: {err}"
+        );
+        assert_eq!(self.status()["active"], "blue");
+        assert_eq!(self.balancer.served_version(5), GREEN_VERSION);
+        assert!(
+            poll_until(Duration::from_secs(60), || self
+                .healthy_addresses("green")
+                .len()
+                == 3),
+            "after {what}, green did not have 3 healthy replicas"
+        );
+    }
+
     /// Everything labelled with the stack's name: services, containers, networks, volumes.
     fn leftovers(&self) -> Vec<String> {
         let label = format!("label=com.docker.stack.namespace={}", self.stack);
@@ -382,47 +402,17 @@ fn swarm_runtime_end_to_end() {
     docker(&["pause", &frozen]);
     let out = stack.xtask.run(&["switch"]);
     docker_quiet(&["unpause", &frozen]);
-    assert!(
-        !out.status.success(),
-        "switch to a color with a frozen replica succeeded"
-    );
-    let err = common::xtask::stderr(&out);
-    assert!(
-        err.contains("replica"),
-        "the refusal does not name the replica: {err}"
-    );
-    assert_eq!(stack.status()["active"], "blue");
-    assert_eq!(stack.balancer.served_version(5), GREEN_VERSION);
     // Swarm may replace the frozen task as unhealthy; either way green returns to 3.
-    assert!(
-        poll_until(Duration::from_secs(60), || stack
-            .healthy_addresses("green")
-            .len()
-            == 3),
-        "green did not return to 3 healthy replicas"
-    );
+    stack.assert_refused_and_unchanged(&out, "switch to a color with a frozen replica", "replica");
 
     // A version whose model is missing: its first new task exits, swarm rolls the standby's
     // update back, nothing switches.
     step("a broken version is rolled back by swarm, traffic stays");
     let out = stack.xtask.run(&["deploy", "--version", "v9.9.9"]);
-    assert!(
-        !out.status.success(),
-        "deploying a missing version succeeded"
-    );
-    let err = common::xtask::stderr(&out);
-    assert!(
-        err.contains("swarm stopped green's update to v9.9.9"),
-        "the refusal does not say swarm rolled the update back: {err}"
-    );
-    assert_eq!(stack.status()["active"], "blue");
-    assert_eq!(stack.balancer.served_version(5), GREEN_VERSION);
-    assert!(
-        poll_until(Duration::from_secs(60), || stack
-            .healthy_addresses("green")
-            .len()
-            == 3),
-        "green did not keep 3 healthy replicas of its version"
+    stack.assert_refused_and_unchanged(
+        &out,
+        "deploying a missing version",
+        "swarm stopped green's update to v9.9.9",
     );
 
     // 5. Scale the standby down and up.

@@ -290,8 +290,7 @@ mod tests {
     fn a_color_is_hardened_health_checked_and_updated_start_first() {
         let config = DeployConfig::default();
         let args = color_create_args(&names(), &config, Color::Green, "v1.1.0", 3, "ml:1");
-        let p = pairs(&args);
-        let has = |k: &str, v: &str| p.iter().any(|(a, b)| a == k && b == v);
+        let has = |k: &str, v: &str| pairs(&args).contains(&(k.to_owned(), v.to_owned()));
         assert!(has("--name", "demo_green"));
         assert!(has("--replicas", "3"));
         assert!(has("--endpoint-mode", "dnsrr"));
@@ -325,8 +324,7 @@ mod tests {
     fn the_balancer_is_pinned_to_its_node_and_publishes_on_it() {
         let config = DeployConfig::default();
         let args = balancer_create_args(&names(), &config, "node1", "nginx:x");
-        let p = pairs(&args);
-        let has = |k: &str, v: &str| p.iter().any(|(a, b)| a == k && b == v);
+        let has = |k: &str, v: &str| pairs(&args).contains(&(k.to_owned(), v.to_owned()));
         assert!(has("--constraint", "node.id==node1"));
         assert!(has("--publish", "mode=host,published=8080,target=8080"));
         assert!(has("--publish", "mode=host,published=50050,target=50050"));
